@@ -78,9 +78,7 @@ class MalformedHello(ClientHelloError, ValueError):
 
     def moved(self, offset: int) -> MalformedHello:
         """The same error at another offset (used to map into the caller's bytes)."""
-        err = type(self).__new__(type(self))
-        MalformedHello.__init__(err, self.field, self.reason, offset)
-        return err
+        return type(self)(self.field, self.reason, offset)
 
 
 class HelloTooLarge(MalformedHello):

@@ -1,0 +1,397 @@
+"""The full parse: a ClientHello handshake message into a `ClientHello`, every field checked.
+
+Every length-prefixed vector is read against the block that encloses it and must end
+exactly where its length says (RFC 8446 §3.4); a vector that overruns its block, or a
+block with bytes left over, is a `MalformedHello` naming the field and its offset.
+Offsets are first counted from the start of the handshake message and then mapped to
+the caller's bytes by `clienthello._record.Handshake`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from clienthello._errors import MalformedHello, NeedMoreData, NotTLS
+from clienthello._model import ClientHello, EncryptedClientHello, Extension
+from clienthello._record import (
+    HANDSHAKE_CLIENT_HELLO,
+    HANDSHAKE_HEADER,
+    MAX_HELLO_LENGTH,
+    Buffer,
+    Handshake,
+    read_handshake,
+)
+from clienthello._sni import decode_server_name, locate_fields
+
+__all__ = ["parse", "parse_handshake", "parse_body"]
+
+_u16 = struct.Struct("!H").unpack_from
+_u16x2 = struct.Struct("!HH").unpack_from
+
+# RFC 8446 §4.2 ExtensionType values decoded into typed fields.
+EXT_SERVER_NAME = 0
+EXT_SUPPORTED_GROUPS = 10
+EXT_EC_POINT_FORMATS = 11
+EXT_SIGNATURE_ALGORITHMS = 13
+EXT_ALPN = 16
+EXT_PRE_SHARED_KEY = 41
+EXT_SUPPORTED_VERSIONS = 43
+EXT_PSK_KEY_EXCHANGE_MODES = 45
+EXT_KEY_SHARE = 51
+EXT_ENCRYPTED_CLIENT_HELLO = 0xFE0D
+
+_EXTENSION_FIELDS = {
+    EXT_SERVER_NAME: "server_name",
+    EXT_SUPPORTED_GROUPS: "supported_groups",
+    EXT_EC_POINT_FORMATS: "ec_point_formats",
+    EXT_SIGNATURE_ALGORITHMS: "signature_algorithms",
+    EXT_ALPN: "application_layer_protocol_negotiation",
+    EXT_PRE_SHARED_KEY: "pre_shared_key",
+    EXT_SUPPORTED_VERSIONS: "supported_versions",
+    EXT_PSK_KEY_EXCHANGE_MODES: "psk_key_exchange_modes",
+    EXT_KEY_SHARE: "key_share",
+    EXT_ENCRYPTED_CLIENT_HELLO: "encrypted_client_hello",
+}
+
+
+def parse(data: Buffer) -> ClientHello:
+    """Parse a ClientHello from TLS records.
+
+    Args:
+        data: bytes from the first record header on. A hello split across several
+            records is reassembled; bytes after the hello are ignored. An
+            SSLv2-compatible CLIENT-HELLO record is accepted too.
+
+    Returns:
+        The ClientHello, every field as sent.
+
+    Raises:
+        NeedMoreData: the records end before the hello does.
+        NotTLS: the bytes are not a TLS (or SSLv2) ClientHello.
+        MalformedHello: a length or field is wrong; ``.offset`` is into ``data``.
+        HelloTooLarge: the declared handshake length cannot be a ClientHello.
+    """
+    handshake = read_handshake(data)
+    return _parse_joined(handshake)
+
+
+def parse_handshake(data: Buffer) -> ClientHello:
+    """Parse a ClientHello from a bare handshake message (type 1, 24-bit length, body).
+
+    For callers that removed the record layer themselves (QUIC CRYPTO frames, DTLS
+    reassembly, pcap tools). Bytes after the message are ignored.
+
+    Raises:
+        NeedMoreData, NotTLS, MalformedHello, HelloTooLarge: as `parse`.
+    """
+    n = len(data)
+    if n >= 1 and data[0] != HANDSHAKE_CLIENT_HELLO:
+        raise NotTLS(f"handshake type {data[0]}, not ClientHello (1)", 0)
+    if n < HANDSHAKE_HEADER:
+        raise NeedMoreData(HANDSHAKE_HEADER - n)
+    length = (data[1] << 16) | (data[2] << 8) | data[3]
+    if length > MAX_HELLO_LENGTH:
+        from clienthello._errors import HelloTooLarge
+
+        raise HelloTooLarge(
+            "handshake.length",
+            f"declared length {length} exceeds the limit of {MAX_HELLO_LENGTH}",
+            1,
+        )
+    total = HANDSHAKE_HEADER + length
+    if n < total:
+        raise NeedMoreData(total - n)
+    return _parse_joined(Handshake(bytes(data[:total]), total, [(0, 0)]))
+
+
+def _parse_joined(handshake: Handshake) -> ClientHello:
+    try:
+        if handshake.sslv2:
+            return _parse_sslv2(handshake.data)
+        return parse_body(handshake.data)
+    except MalformedHello as err:
+        raise err.moved(handshake.caller_offset(err.offset)) from None
+
+
+def _fail(field: str, reason: str, offset: int) -> MalformedHello:
+    return MalformedHello(field, reason, offset)
+
+
+def _overrun(field: str, length: int, available: int, offset: int) -> MalformedHello:
+    return MalformedHello(
+        field, f"length {length} overruns its block ({available} bytes left)", offset
+    )
+
+
+def parse_body(raw: bytes) -> ClientHello:
+    """Parse a complete ClientHello handshake message (header included).
+
+    Offsets in errors count from the start of ``raw``.
+    """
+    end = len(raw)
+    sid, cs, comp, ext, ext_end = locate_fields(raw, HANDSHAKE_HEADER, end)
+    legacy_version = (raw[4] << 8) | raw[5]
+    random = raw[6:38]
+    legacy_session_id = raw[sid + 1 : cs]
+    cipher_suites = struct.unpack_from(f"!{(comp - cs - 2) >> 1}H", raw, cs + 2)
+    legacy_compression_methods = raw[comp + 1 : ext]
+    fields: dict[str, object] = {}
+    extensions: tuple[Extension, ...] = ()
+    if ext < end:
+        extensions = _parse_extensions(raw, ext + 2, ext_end, fields)
+
+    return ClientHello(
+        legacy_version=legacy_version,
+        random=random,
+        legacy_session_id=legacy_session_id,
+        cipher_suites=cipher_suites,
+        legacy_compression_methods=legacy_compression_methods,
+        extensions=extensions,
+        raw=raw,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _parse_extensions(
+    raw: bytes, pos: int, end: int, fields: dict[str, object]
+) -> tuple[Extension, ...]:
+    extensions: list[Extension] = []
+    index = 0
+    while pos < end:
+        if pos + 4 > end:
+            raise _fail(
+                f"extensions[{index}]", f"{end - pos} bytes left, a header needs 4", pos
+            )
+        ext_type, ext_len = _u16x2(raw, pos)
+        body = pos + 4
+        if body + ext_len > end:
+            raise _overrun(
+                f"extensions[{index}] {_EXTENSION_FIELDS.get(ext_type, ext_type)}",
+                ext_len,
+                end - body,
+                pos + 2,
+            )
+        data = raw[body : body + ext_len]
+        extensions.append(Extension(ext_type, data, pos))
+        decoder = _DECODERS.get(ext_type)
+        if decoder is not None and _EXTENSION_FIELDS[ext_type] not in fields:
+            decoder(raw, body, body + ext_len, f"extensions[{index}]", fields)
+        pos = body + ext_len
+        index += 1
+    return tuple(extensions)
+
+
+# --- extension decoders: (raw, start, end, field prefix, fields) -> None ---------------
+
+_Decoder = Callable[[bytes, int, int, str, dict[str, object]], None]
+
+
+def _vector(
+    raw: bytes, start: int, end: int, field: str, prefix: int, minimum: int = 0
+) -> tuple[int, int]:
+    """Read a vector's length prefix; the vector must fill its extension exactly."""
+    if start + prefix > end:
+        raise _fail(field, "length missing", start)
+    length = raw[start] if prefix == 1 else _u16(raw, start)[0]
+    body = start + prefix
+    if body + length > end:
+        raise _overrun(field, length, end - body, start)
+    if body + length < end:
+        raise _fail(field, f"{end - body - length} trailing bytes", body + length)
+    if length < minimum:
+        raise _fail(field, f"length {length} below the minimum {minimum}", start)
+    return body, body + length
+
+
+def _u16_list(
+    raw: bytes, start: int, end: int, field: str, minimum: int = 0
+) -> tuple[int, ...]:
+    body, stop = _vector(raw, start, end, field, 2, minimum)
+    if (stop - body) & 1:
+        raise _fail(field, f"odd length {stop - body}", start)
+    return struct.unpack_from(f"!{(stop - body) >> 1}H", raw, body)
+
+
+def _server_name(raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]) -> None:
+    name, names, problems = decode_server_name(raw, start, end, f"{prefix} server_name")
+    fields["server_name"] = name
+    fields["server_name_raw"] = names
+    fields["server_name_problems"] = problems
+
+
+def _supported_groups(
+    raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]
+) -> None:
+    fields["supported_groups"] = _u16_list(raw, start, end, f"{prefix} supported_groups")
+
+
+def _signature_algorithms(
+    raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]
+) -> None:
+    fields["signature_algorithms"] = _u16_list(
+        raw, start, end, f"{prefix} signature_algorithms"
+    )
+
+
+def _ec_point_formats(
+    raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]
+) -> None:
+    body, stop = _vector(raw, start, end, f"{prefix} ec_point_formats", 1)
+    fields["ec_point_formats"] = tuple(raw[body:stop])
+
+
+def _psk_key_exchange_modes(
+    raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]
+) -> None:
+    body, stop = _vector(raw, start, end, f"{prefix} psk_key_exchange_modes", 1)
+    fields["psk_key_exchange_modes"] = tuple(raw[body:stop])
+
+
+def _supported_versions(
+    raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]
+) -> None:
+    field = f"{prefix} supported_versions"
+    body, stop = _vector(raw, start, end, field, 1)
+    if (stop - body) & 1:
+        raise _fail(field, f"odd length {stop - body}", start)
+    fields["supported_versions"] = struct.unpack_from(f"!{(stop - body) >> 1}H", raw, body)
+
+
+def _alpn(raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]) -> None:
+    field = f"{prefix} application_layer_protocol_negotiation"
+    pos, stop = _vector(raw, start, end, field, 2)
+    protocols: list[bytes] = []
+    while pos < stop:
+        length = raw[pos]
+        if pos + 1 + length > stop:
+            raise _overrun(f"{field} protocol[{len(protocols)}]", length, stop - pos - 1, pos)
+        protocols.append(raw[pos + 1 : pos + 1 + length])
+        pos += 1 + length
+    fields["alpn_protocols"] = tuple(protocols)
+
+
+def _key_share(raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]) -> None:
+    field = f"{prefix} key_share"
+    pos, stop = _vector(raw, start, end, field, 2)
+    groups: list[int] = []
+    while pos < stop:
+        if pos + 4 > stop:
+            raise _fail(
+                f"{field} entry[{len(groups)}]", f"{stop - pos} bytes left, an entry needs 4", pos
+            )
+        group, length = _u16x2(raw, pos)
+        if pos + 4 + length > stop:
+            raise _overrun(f"{field} entry[{len(groups)}]", length, stop - pos - 4, pos + 2)
+        groups.append(group)
+        pos += 4 + length
+    fields["key_share_groups"] = tuple(groups)
+
+
+def _pre_shared_key(
+    raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]
+) -> None:
+    # RFC 8446 §4.2.11: identities<7..2^16-1>, binders<33..2^16-1>; both vectors
+    # must fill the extension exactly.
+    field = f"{prefix} pre_shared_key"
+    if start + 2 > end:
+        raise _fail(field, "identities length missing", start)
+    ids_len = _u16(raw, start)[0]
+    ids_end = start + 2 + ids_len
+    if ids_end > end:
+        raise _overrun(f"{field} identities", ids_len, end - start - 2, start)
+    pos = start + 2
+    while pos < ids_end:
+        if pos + 2 > ids_end:
+            raise _fail(f"{field} identities", "identity length missing", pos)
+        id_len = _u16(raw, pos)[0]
+        if pos + 2 + id_len + 4 > ids_end:
+            raise _overrun(f"{field} identities", id_len, ids_end - pos - 2, pos)
+        pos += 2 + id_len + 4
+    _binders_end = _vector(raw, ids_end, end, f"{field} binders", 2)
+    fields["has_pre_shared_key"] = True
+
+
+def _encrypted_client_hello(
+    raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]
+) -> None:
+    # draft-ietf-tls-esni §5: ECHClientHello { type; select(type) { outer: cipher_suite,
+    # config_id, enc<0..2^16-1>, payload<1..2^16-1>; inner: (empty) } }
+    field = f"{prefix} encrypted_client_hello"
+    if start + 1 > end:
+        raise _fail(field, "type missing", start)
+    ech_type = raw[start]
+    if ech_type != 0:
+        if ech_type == 1 and start + 1 != end:
+            raise _fail(field, f"{end - start - 1} trailing bytes", start + 1)
+        fields["ech"] = EncryptedClientHello(type=ech_type)
+        return
+    pos = start + 1
+    if pos + 5 + 2 > end:
+        raise _fail(field, "outer header truncated", pos)
+    kdf_id, aead_id = _u16x2(raw, pos)
+    config_id = raw[pos + 4]
+    pos += 5
+    enc_len = _u16(raw, pos)[0]
+    if pos + 2 + enc_len > end:
+        raise _overrun(f"{field} enc", enc_len, end - pos - 2, pos)
+    pos += 2 + enc_len
+    payload_start, payload_end = _vector(raw, pos, end, f"{field} payload", 2)
+    fields["ech"] = EncryptedClientHello(
+        type=0,
+        kdf_id=kdf_id,
+        aead_id=aead_id,
+        config_id=config_id,
+        enc_length=enc_len,
+        payload_length=payload_end - payload_start,
+    )
+
+
+_DECODERS: dict[int, _Decoder] = {
+    EXT_SERVER_NAME: _server_name,
+    EXT_SUPPORTED_GROUPS: _supported_groups,
+    EXT_EC_POINT_FORMATS: _ec_point_formats,
+    EXT_SIGNATURE_ALGORITHMS: _signature_algorithms,
+    EXT_ALPN: _alpn,
+    EXT_PRE_SHARED_KEY: _pre_shared_key,
+    EXT_SUPPORTED_VERSIONS: _supported_versions,
+    EXT_PSK_KEY_EXCHANGE_MODES: _psk_key_exchange_modes,
+    EXT_KEY_SHARE: _key_share,
+    EXT_ENCRYPTED_CLIENT_HELLO: _encrypted_client_hello,
+}
+
+
+def _parse_sslv2(raw: bytes) -> ClientHello:
+    """An SSLv2 CLIENT-HELLO message (RFC 5246 appendix E.2), offsets from its type byte."""
+    end = len(raw)
+    if end < 9:
+        raise _fail("CLIENT-HELLO", f"{end} bytes, the header needs 9", 0)
+    version = _u16(raw, 1)[0]
+    spec_len, sid_len, challenge_len = struct.unpack_from("!HHH", raw, 3)
+    if spec_len % 3:
+        raise _fail("cipher_specs", f"length {spec_len} is not a multiple of 3", 3)
+    if sid_len > 32:
+        raise _fail("session_id", f"length {sid_len} exceeds 32", 5)
+    if not 16 <= challenge_len <= 32:
+        raise _fail("challenge", f"length {challenge_len}, not 16 to 32", 7)
+    need = 9 + spec_len + sid_len + challenge_len
+    if need > end:
+        raise _fail("CLIENT-HELLO", f"lengths add up to {need}, the record holds {end}", 3)
+    if need < end:
+        raise _fail("CLIENT-HELLO", f"{end - need} trailing bytes", need)
+    specs = raw[9 : 9 + spec_len]
+    cipher_suites = tuple(
+        (specs[i] << 16) | (specs[i + 1] << 8) | specs[i + 2] for i in range(0, spec_len, 3)
+    )
+    session_id = raw[9 + spec_len : 9 + spec_len + sid_len]
+    challenge = raw[9 + spec_len + sid_len : need]
+    return ClientHello(
+        legacy_version=version,
+        random=challenge.rjust(32, b"\x00"),  # RFC 5246 E.2: right-justified, zero-padded
+        legacy_session_id=session_id,
+        cipher_suites=cipher_suites,
+        legacy_compression_methods=b"\x00",
+        extensions=(),
+        raw=raw,
+        sslv2=True,
+    )

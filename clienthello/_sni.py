@@ -1,0 +1,211 @@
+"""The hot path: the server name of a ClientHello, found without building a model.
+
+`sni` walks the ClientHello up to the server_name extension (RFC 6066 §3), checking
+every length it passes, and decodes the first host_name exactly as `parse` does. It
+stops there: extensions after server_name are not checked, which is the whole saving
+over `parse`. The helpers `locate_fields` and `decode_server_name` are shared with the
+full parse so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from clienthello._errors import MalformedHello
+from clienthello._record import (
+    CONTENT_TYPE_HANDSHAKE,
+    HANDSHAKE_CLIENT_HELLO,
+    MAX_RECORD_LENGTH,
+    Buffer,
+    read_handshake,
+)
+
+__all__ = ["sni", "locate_fields", "decode_server_name"]
+
+_u16 = struct.Struct("!H").unpack_from
+_u16x2 = struct.Struct("!HH").unpack_from
+_HOSTNAME_CHARS = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._"
+)
+
+
+def sni(data: Buffer) -> str | None:
+    """The first host_name of a ClientHello's server_name extension.
+
+    Args:
+        data: TLS records from the first record header, as for `parse`.
+
+    Returns:
+        The name as `ClientHello.server_name` gives it (so ``""`` when the extension
+        holds no host_name), or None when the hello has no server_name extension.
+
+    Raises:
+        NeedMoreData, NotTLS, MalformedHello, HelloTooLarge: as `parse`, for every
+        field up to the server_name extension.
+    """
+    if type(data) is not bytes:
+        data = bytes(data)
+    n = len(data)
+    # One record holding the whole hello: walk the caller's bytes in place.
+    if (
+        n > 9
+        and data[0] == CONTENT_TYPE_HANDSHAKE
+        and data[1] == 3
+        and data[5] == HANDSHAKE_CLIENT_HELLO
+    ):
+        rec_end = 5 + ((data[3] << 8) | data[4])
+        hs_end = 9 + ((data[6] << 16) | (data[7] << 8) | data[8])
+        if hs_end <= rec_end <= n and rec_end <= 5 + MAX_RECORD_LENGTH:
+            return _find(data, 9, hs_end)
+    handshake = read_handshake(data)
+    if handshake.sslv2:
+        from clienthello._parse import parse
+
+        parse(data)  # SSLv2 has no extensions, but its framing is still checked
+        return None
+    try:
+        return _find(handshake.data, 4, len(handshake.data))
+    except MalformedHello as err:
+        raise err.moved(handshake.caller_offset(err.offset)) from None
+
+
+def _find(buf: bytes, pos: int, end: int) -> str | None:
+    ext_pos, ext_end = locate_fields(buf, pos, end)[3:]
+    pos = ext_pos + 2
+    index = 0
+    while pos < ext_end:
+        if pos + 4 > ext_end:
+            raise MalformedHello(
+                f"extensions[{index}]", f"{ext_end - pos} bytes left, a header needs 4", pos
+            )
+        ext_type, ext_len = _u16x2(buf, pos)
+        body = pos + 4
+        if body + ext_len > ext_end:
+            raise MalformedHello(
+                f"extensions[{index}] {'server_name' if ext_type == 0 else ext_type}",
+                f"length {ext_len} overruns its block ({ext_end - body} bytes left)",
+                pos + 2,
+            )
+        if ext_type == 0:
+            # The usual case: one host_name that fills the list, plain ASCII.
+            if ext_len >= 5:
+                list_len, name_type = _u16(buf, body)[0], buf[body + 2]
+                name_len = _u16(buf, body + 3)[0]
+                if name_type == 0 and list_len == ext_len - 2 == name_len + 3:
+                    name = buf[body + 5 : body + ext_len]
+                    if name.isascii() and name:
+                        return name.decode("ascii")
+            field = f"extensions[{index}] server_name"
+            return decode_server_name(buf, body, body + ext_len, field)[0]
+        pos = body + ext_len
+        index += 1
+    return None
+
+
+def locate_fields(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int, int]:
+    """Check the fixed part of a ClientHello body and find its vectors.
+
+    Args:
+        buf: bytes holding the body; ``pos`` is where legacy_version starts and
+            ``end`` where the body ends (from the handshake length).
+
+    Returns:
+        Offsets of legacy_session_id, cipher_suites, legacy_compression_methods and
+        the extensions length (each at its length prefix), and the end of the
+        extensions block. With no extensions both of the last two are ``end``.
+
+    Raises:
+        MalformedHello: a vector overruns the body, or bytes are left over.
+    """
+    if pos + 35 > end:
+        raise MalformedHello("legacy_version", f"body of {end - pos} bytes too short", pos)
+    sid = pos + 34
+    sid_len = buf[sid]
+    if sid_len > 32:
+        raise MalformedHello("legacy_session_id", f"length {sid_len} exceeds 32", sid)
+    cs = sid + 1 + sid_len
+    if cs > end:
+        raise _overrun("legacy_session_id", sid_len, end - sid - 1, sid)
+    if cs + 2 > end:
+        raise MalformedHello("cipher_suites", "length missing", cs)
+    cs_len = _u16(buf, cs)[0]
+    if cs_len & 1:
+        raise MalformedHello("cipher_suites", f"odd length {cs_len}", cs)
+    comp = cs + 2 + cs_len
+    if comp > end:
+        raise _overrun("cipher_suites", cs_len, end - cs - 2, cs)
+    if comp + 1 > end:
+        raise MalformedHello("legacy_compression_methods", "length missing", comp)
+    ext = comp + 1 + buf[comp]
+    if ext > end:
+        raise _overrun("legacy_compression_methods", buf[comp], end - comp - 1, comp)
+    if ext == end:
+        return sid, cs, comp, end, end
+    if ext + 2 > end:
+        raise MalformedHello("extensions", "1 trailing byte where the length should be", ext)
+    ext_len = _u16(buf, ext)[0]
+    ext_end = ext + 2 + ext_len
+    if ext_end > end:
+        raise _overrun("extensions", ext_len, end - ext - 2, ext)
+    if ext_end < end:
+        raise MalformedHello("ClientHello", f"{end - ext_end} trailing bytes", ext_end)
+    return sid, cs, comp, ext, ext_end
+
+
+def _overrun(field: str, length: int, available: int, offset: int) -> MalformedHello:
+    return MalformedHello(
+        field, f"length {length} overruns its block ({available} bytes left)", offset
+    )
+
+
+def decode_server_name(
+    buf: bytes, start: int, end: int, field: str
+) -> tuple[str, tuple[bytes, ...], tuple[str, ...]]:
+    """Decode a server_name extension body (RFC 6066 §3).
+
+    Returns:
+        The first host_name (UTF-8, backslash escapes for other bytes; ``""`` if
+        there is none), every host_name as sent, and what is odd about them.
+
+    Raises:
+        MalformedHello: the server_name_list or an entry overruns its block.
+    """
+    names: list[bytes] = []
+    if start < end:
+        if start + 2 > end:
+            raise MalformedHello(field, "list length missing", start)
+        list_len = _u16(buf, start)[0]
+        pos, stop = start + 2, start + 2 + list_len
+        if stop > end:
+            raise _overrun(field, list_len, end - pos, start)
+        if stop < end:
+            raise MalformedHello(field, f"{end - stop} trailing bytes", stop)
+        index = 0
+        while pos < stop:
+            if pos + 3 > stop:
+                raise MalformedHello(
+                    f"{field} entry[{index}]", f"{stop - pos} bytes left, an entry needs 3", pos
+                )
+            name_type = buf[pos]
+            name_len = _u16(buf, pos + 1)[0]
+            if pos + 3 + name_len > stop:
+                raise _overrun(f"{field} entry[{index}]", name_len, stop - pos - 3, pos + 1)
+            if name_type == 0:
+                names.append(bytes(buf[pos + 3 : pos + 3 + name_len]))
+            pos += 3 + name_len
+            index += 1
+    if not names:
+        return "", (), ("no host_name",)
+    first = names[0]
+    problems = []
+    if len(names) > 1:
+        problems.append("multiple host_names")
+    if not first:
+        problems.append("empty")
+    elif not first.isascii():
+        problems.append("non-ascii")
+    elif not _HOSTNAME_CHARS.issuperset(first):
+        problems.append("invalid characters")
+    if first.endswith(b"."):
+        problems.append("trailing dot")
+    return first.decode("utf-8", "backslashreplace"), tuple(names), tuple(problems)
