@@ -8,7 +8,7 @@ handshake bytes can be reported at its offset in the caller's bytes.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import TypeAlias
 
 from clienthello._errors import HelloTooLarge, MalformedHello, NeedMoreData, NotTLS
 
@@ -20,7 +20,7 @@ __all__ = [
     "read_handshake",
 ]
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer: TypeAlias = "bytes | bytearray | memoryview"
 
 CONTENT_TYPE_HANDSHAKE = 22  # RFC 8446 §5.1
 HANDSHAKE_CLIENT_HELLO = 1  # RFC 8446 §4
