@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = [
     "ClientHello",
@@ -39,9 +40,11 @@ class ExtensionType:
     ENCRYPTED_CLIENT_HELLO = 0xFE0D
 
 
-@dataclass(frozen=True, slots=True)
-class Extension:
-    """One extension as sent: its type, its body, and where the body starts.
+class Extension(NamedTuple):
+    """One extension as sent: its type, its body, and where it starts.
+
+    A named tuple rather than a dataclass: a hello carries a dozen or more of
+    these and a tuple is several times cheaper to build, while just as immutable.
 
     Attributes:
         type: the ExtensionType code point (GREASE and unknown values kept).
@@ -50,8 +53,8 @@ class Extension:
     """
 
     type: int
-    data: bytes = field(repr=False)
-    offset: int = field(default=0, compare=False)
+    data: bytes
+    offset: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from clienthello._record import (
     read_handshake,
 )
 from clienthello._sni import decode_server_name, locate_fields
+from clienthello._sni import overrun as _overrun
 
 __all__ = ["parse", "parse_handshake", "parse_body"]
 
@@ -118,12 +119,6 @@ def _fail(field: str, reason: str, offset: int) -> MalformedHello:
     return MalformedHello(field, reason, offset)
 
 
-def _overrun(field: str, length: int, available: int, offset: int) -> MalformedHello:
-    return MalformedHello(
-        field, f"length {length} overruns its block ({available} bytes left)", offset
-    )
-
-
 def parse_body(raw: bytes) -> ClientHello:
     """Parse a complete ClientHello handshake message (header included).
 
@@ -157,193 +152,191 @@ def _parse_extensions(
     raw: bytes, pos: int, end: int, fields: dict[str, object]
 ) -> tuple[Extension, ...]:
     extensions: list[Extension] = []
-    index = 0
+    decoded: set[int] = set()
+    append = extensions.append
+    new_extension = Extension
     while pos < end:
         if pos + 4 > end:
             raise _fail(
-                f"extensions[{index}]", f"{end - pos} bytes left, a header needs 4", pos
+                f"extensions[{len(extensions)}]",
+                f"{end - pos} bytes left, a header needs 4",
+                pos,
             )
         ext_type, ext_len = _u16x2(raw, pos)
         body = pos + 4
-        if body + ext_len > end:
-            raise _overrun(
-                f"extensions[{index}] {_EXTENSION_FIELDS.get(ext_type, ext_type)}",
-                ext_len,
-                end - body,
-                pos + 2,
-            )
-        data = raw[body : body + ext_len]
-        extensions.append(Extension(ext_type, data, pos))
+        stop = body + ext_len
+        if stop > end:
+            raise _overrun(_ext_field(len(extensions), ext_type), ext_len, end - body, pos + 2)
+        append(new_extension(ext_type, raw[body:stop], pos))
         decoder = _DECODERS.get(ext_type)
-        if decoder is not None and _EXTENSION_FIELDS[ext_type] not in fields:
-            decoder(raw, body, body + ext_len, f"extensions[{index}]", fields)
-        pos = body + ext_len
-        index += 1
+        if decoder is not None and ext_type not in decoded:
+            # Only the first of a repeated extension is decoded, as peers do.
+            decoded.add(ext_type)
+            decoder(raw, body, stop, len(extensions) - 1, fields)
+        pos = stop
     return tuple(extensions)
 
 
-# --- extension decoders: (raw, start, end, field prefix, fields) -> None ---------------
+def _ext_field(index: int, ext_type: int) -> str:
+    """A field name for messages, e.g. ``extensions[3] supported_groups``."""
+    return f"extensions[{index}] {_EXTENSION_FIELDS.get(ext_type, ext_type)}"
 
-_Decoder = Callable[[bytes, int, int, str, dict[str, object]], None]
+
+# --- extension decoders: (raw, start, end, extension index, fields) -> None ----------
+# Field names for errors are built only when an error is raised.
+
+_Decoder = Callable[[bytes, int, int, int, dict[str, object]], None]
 
 
-def _vector(
-    raw: bytes, start: int, end: int, field: str, prefix: int, minimum: int = 0
-) -> tuple[int, int]:
-    """Read a vector's length prefix; the vector must fill its extension exactly."""
+def _vector(raw: bytes, start: int, end: int, index: int, ext_type: int, prefix: int) -> int:
+    """Read a vector's length prefix; the vector must fill its extension exactly.
+
+    Returns the offset where the vector's contents start.
+    """
     if start + prefix > end:
-        raise _fail(field, "length missing", start)
+        raise _fail(_ext_field(index, ext_type), "length missing", start)
     length = raw[start] if prefix == 1 else _u16(raw, start)[0]
     body = start + prefix
-    if body + length > end:
-        raise _overrun(field, length, end - body, start)
-    if body + length < end:
+    if body + length != end:
+        field = _ext_field(index, ext_type)
+        if body + length > end:
+            raise _overrun(field, length, end - body, start)
         raise _fail(field, f"{end - body - length} trailing bytes", body + length)
-    if length < minimum:
-        raise _fail(field, f"length {length} below the minimum {minimum}", start)
-    return body, body + length
+    return body
 
 
-def _u16_list(
-    raw: bytes, start: int, end: int, field: str, minimum: int = 0
+def _u16_vector(
+    raw: bytes, start: int, end: int, index: int, ext_type: int, prefix: int
 ) -> tuple[int, ...]:
-    body, stop = _vector(raw, start, end, field, 2, minimum)
-    if (stop - body) & 1:
-        raise _fail(field, f"odd length {stop - body}", start)
-    return struct.unpack_from(f"!{(stop - body) >> 1}H", raw, body)
+    body = _vector(raw, start, end, index, ext_type, prefix)
+    if (end - body) & 1:
+        raise _fail(_ext_field(index, ext_type), f"odd length {end - body}", start)
+    return struct.unpack_from(f"!{(end - body) >> 1}H", raw, body)
 
 
-def _server_name(raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]) -> None:
-    name, names, problems = decode_server_name(raw, start, end, f"{prefix} server_name")
+def _server_name(raw: bytes, start: int, end: int, index: int, fields: dict[str, object]) -> None:
+    name, names, problems = decode_server_name(raw, start, end, _ext_field(index, EXT_SERVER_NAME))
     fields["server_name"] = name
     fields["server_name_raw"] = names
     fields["server_name_problems"] = problems
 
 
 def _supported_groups(
-    raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]
+    raw: bytes, start: int, end: int, index: int, fields: dict[str, object]
 ) -> None:
-    fields["supported_groups"] = _u16_list(raw, start, end, f"{prefix} supported_groups")
+    fields["supported_groups"] = _u16_vector(raw, start, end, index, EXT_SUPPORTED_GROUPS, 2)
 
 
 def _signature_algorithms(
-    raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]
+    raw: bytes, start: int, end: int, index: int, fields: dict[str, object]
 ) -> None:
-    fields["signature_algorithms"] = _u16_list(
-        raw, start, end, f"{prefix} signature_algorithms"
+    fields["signature_algorithms"] = _u16_vector(
+        raw, start, end, index, EXT_SIGNATURE_ALGORITHMS, 2
     )
 
 
-def _ec_point_formats(
-    raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]
+def _supported_versions(
+    raw: bytes, start: int, end: int, index: int, fields: dict[str, object]
 ) -> None:
-    body, stop = _vector(raw, start, end, f"{prefix} ec_point_formats", 1)
-    fields["ec_point_formats"] = tuple(raw[body:stop])
+    fields["supported_versions"] = _u16_vector(raw, start, end, index, EXT_SUPPORTED_VERSIONS, 1)
+
+
+def _ec_point_formats(
+    raw: bytes, start: int, end: int, index: int, fields: dict[str, object]
+) -> None:
+    body = _vector(raw, start, end, index, EXT_EC_POINT_FORMATS, 1)
+    fields["ec_point_formats"] = tuple(raw[body:end])
 
 
 def _psk_key_exchange_modes(
-    raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]
+    raw: bytes, start: int, end: int, index: int, fields: dict[str, object]
 ) -> None:
-    body, stop = _vector(raw, start, end, f"{prefix} psk_key_exchange_modes", 1)
-    fields["psk_key_exchange_modes"] = tuple(raw[body:stop])
+    body = _vector(raw, start, end, index, EXT_PSK_KEY_EXCHANGE_MODES, 1)
+    fields["psk_key_exchange_modes"] = tuple(raw[body:end])
 
 
-def _supported_versions(
-    raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]
-) -> None:
-    field = f"{prefix} supported_versions"
-    body, stop = _vector(raw, start, end, field, 1)
-    if (stop - body) & 1:
-        raise _fail(field, f"odd length {stop - body}", start)
-    fields["supported_versions"] = struct.unpack_from(f"!{(stop - body) >> 1}H", raw, body)
-
-
-def _alpn(raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]) -> None:
-    field = f"{prefix} application_layer_protocol_negotiation"
-    pos, stop = _vector(raw, start, end, field, 2)
+def _alpn(raw: bytes, start: int, end: int, index: int, fields: dict[str, object]) -> None:
+    pos = _vector(raw, start, end, index, EXT_ALPN, 2)
     protocols: list[bytes] = []
-    while pos < stop:
+    while pos < end:
         length = raw[pos]
-        if pos + 1 + length > stop:
-            raise _overrun(f"{field} protocol[{len(protocols)}]", length, stop - pos - 1, pos)
+        if pos + 1 + length > end:
+            field = f"{_ext_field(index, EXT_ALPN)} protocol[{len(protocols)}]"
+            raise _overrun(field, length, end - pos - 1, pos)
         protocols.append(raw[pos + 1 : pos + 1 + length])
         pos += 1 + length
     fields["alpn_protocols"] = tuple(protocols)
 
 
-def _key_share(raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]) -> None:
-    field = f"{prefix} key_share"
-    pos, stop = _vector(raw, start, end, field, 2)
+def _key_share(raw: bytes, start: int, end: int, index: int, fields: dict[str, object]) -> None:
+    pos = _vector(raw, start, end, index, EXT_KEY_SHARE, 2)
     groups: list[int] = []
-    while pos < stop:
-        if pos + 4 > stop:
-            raise _fail(
-                f"{field} entry[{len(groups)}]", f"{stop - pos} bytes left, an entry needs 4", pos
-            )
+    while pos < end:
+        if pos + 4 > end:
+            field = f"{_ext_field(index, EXT_KEY_SHARE)} entry[{len(groups)}]"
+            raise _fail(field, f"{end - pos} bytes left, an entry needs 4", pos)
         group, length = _u16x2(raw, pos)
-        if pos + 4 + length > stop:
-            raise _overrun(f"{field} entry[{len(groups)}]", length, stop - pos - 4, pos + 2)
+        if pos + 4 + length > end:
+            field = f"{_ext_field(index, EXT_KEY_SHARE)} entry[{len(groups)}]"
+            raise _overrun(field, length, end - pos - 4, pos + 2)
         groups.append(group)
         pos += 4 + length
     fields["key_share_groups"] = tuple(groups)
 
 
 def _pre_shared_key(
-    raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]
+    raw: bytes, start: int, end: int, index: int, fields: dict[str, object]
 ) -> None:
-    # RFC 8446 §4.2.11: identities<7..2^16-1>, binders<33..2^16-1>; both vectors
-    # must fill the extension exactly.
-    field = f"{prefix} pre_shared_key"
+    # RFC 8446 §4.2.11: identities<7..2^16-1> then binders<33..2^16-1>, which
+    # together fill the extension exactly.
     if start + 2 > end:
-        raise _fail(field, "identities length missing", start)
+        raise _fail(_ext_field(index, EXT_PRE_SHARED_KEY), "identities length missing", start)
     ids_len = _u16(raw, start)[0]
     ids_end = start + 2 + ids_len
     if ids_end > end:
-        raise _overrun(f"{field} identities", ids_len, end - start - 2, start)
+        field = f"{_ext_field(index, EXT_PRE_SHARED_KEY)} identities"
+        raise _overrun(field, ids_len, end - start - 2, start)
     pos = start + 2
     while pos < ids_end:
-        if pos + 2 > ids_end:
-            raise _fail(f"{field} identities", "identity length missing", pos)
-        id_len = _u16(raw, pos)[0]
-        if pos + 2 + id_len + 4 > ids_end:
-            raise _overrun(f"{field} identities", id_len, ids_end - pos - 2, pos)
-        pos += 2 + id_len + 4
-    _binders_end = _vector(raw, ids_end, end, f"{field} binders", 2)
+        id_len = _u16(raw, pos)[0] if pos + 2 <= ids_end else -1
+        if id_len < 0 or pos + 2 + id_len + 4 > ids_end:
+            field = f"{_ext_field(index, EXT_PRE_SHARED_KEY)} identities"
+            raise _fail(field, "identity overruns the identities block", pos)
+        pos += 2 + id_len + 4  # identity, obfuscated_ticket_age
+    _vector(raw, ids_end, end, index, EXT_PRE_SHARED_KEY, 2)  # binders
     fields["has_pre_shared_key"] = True
 
 
 def _encrypted_client_hello(
-    raw: bytes, start: int, end: int, prefix: str, fields: dict[str, object]
+    raw: bytes, start: int, end: int, index: int, fields: dict[str, object]
 ) -> None:
-    # draft-ietf-tls-esni §5: ECHClientHello { type; select(type) { outer: cipher_suite,
-    # config_id, enc<0..2^16-1>, payload<1..2^16-1>; inner: (empty) } }
-    field = f"{prefix} encrypted_client_hello"
+    # draft-ietf-tls-esni §5: ECHClientHello { type; outer: cipher_suite, config_id,
+    # enc<0..2^16-1>, payload<1..2^16-1>; inner: nothing more }
+    ext = EXT_ENCRYPTED_CLIENT_HELLO
     if start + 1 > end:
-        raise _fail(field, "type missing", start)
+        raise _fail(_ext_field(index, ext), "type missing", start)
     ech_type = raw[start]
     if ech_type != 0:
         if ech_type == 1 and start + 1 != end:
-            raise _fail(field, f"{end - start - 1} trailing bytes", start + 1)
+            raise _fail(_ext_field(index, ext), f"{end - start - 1} trailing bytes", start + 1)
         fields["ech"] = EncryptedClientHello(type=ech_type)
         return
     pos = start + 1
-    if pos + 5 + 2 > end:
-        raise _fail(field, "outer header truncated", pos)
+    if pos + 7 > end:
+        raise _fail(_ext_field(index, ext), "outer header truncated", pos)
     kdf_id, aead_id = _u16x2(raw, pos)
     config_id = raw[pos + 4]
-    pos += 5
-    enc_len = _u16(raw, pos)[0]
-    if pos + 2 + enc_len > end:
-        raise _overrun(f"{field} enc", enc_len, end - pos - 2, pos)
-    pos += 2 + enc_len
-    payload_start, payload_end = _vector(raw, pos, end, f"{field} payload", 2)
+    enc_len = _u16(raw, pos + 5)[0]
+    if pos + 7 + enc_len > end:
+        raise _overrun(f"{_ext_field(index, ext)} enc", enc_len, end - pos - 7, pos + 5)
+    payload = _vector(raw, pos + 7 + enc_len, end, index, ext, 2)
     fields["ech"] = EncryptedClientHello(
         type=0,
         kdf_id=kdf_id,
         aead_id=aead_id,
         config_id=config_id,
         enc_length=enc_len,
-        payload_length=payload_end - payload_start,
+        payload_length=end - payload,
     )
 
 

@@ -150,9 +150,7 @@ def read_handshake(data: Buffer, max_size: int = MAX_HELLO_LENGTH + 4) -> Handsh
             )
         length = (data[pos + 3] << 8) | data[pos + 4]
         if length == 0:
-            raise MalformedHello(
-                f"record[{index}].length", "zero-length handshake record", pos + 3
-            )
+            raise MalformedHello(f"record[{index}].length", "zero-length handshake record", pos + 3)
         if length > MAX_RECORD_LENGTH:
             raise MalformedHello(
                 f"record[{index}].length",
@@ -182,9 +180,7 @@ def read_handshake(data: Buffer, max_size: int = MAX_HELLO_LENGTH + 4) -> Handsh
         index += 1
 
 
-def _check_handshake_header(
-    head: bytes, spans: list[tuple[int, int]], max_size: int
-) -> int:
+def _check_handshake_header(head: bytes, spans: list[tuple[int, int]], max_size: int) -> int:
     """Check the 4-byte handshake header; return the message length, header included."""
     msg_type = head[0]
     if msg_type != HANDSHAKE_CLIENT_HELLO:

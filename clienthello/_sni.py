@@ -24,9 +24,8 @@ __all__ = ["sni", "locate_fields", "decode_server_name"]
 
 _u16 = struct.Struct("!H").unpack_from
 _u16x2 = struct.Struct("!HH").unpack_from
-_HOSTNAME_CHARS = frozenset(
-    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._"
-)
+_u16_u8_u16 = struct.Struct("!HBH").unpack_from
+_HOSTNAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
 
 
 def sni(data: Buffer) -> str | None:
@@ -72,34 +71,58 @@ def sni(data: Buffer) -> str | None:
 def _find(buf: bytes, pos: int, end: int) -> str | None:
     ext_pos, ext_end = locate_fields(buf, pos, end)[3:]
     pos = ext_pos + 2
+    # The walk checks nothing but the loop bound: a length that overruns shows as
+    # pos != ext_end afterwards (or as struct.error past the buffer), and only then
+    # is the walk redone with every check, to name the fault.
+    try:
+        while pos < ext_end:
+            ext_type, ext_len = _u16x2(buf, pos)
+            if ext_type == 0:
+                break
+            pos += 4 + ext_len
+        else:
+            if pos != ext_end:
+                _walk_checked(buf, ext_pos + 2, ext_end)
+            return None
+    except struct.error:
+        _walk_checked(buf, ext_pos + 2, ext_end)
+    body = pos + 4
+    stop = body + ext_len
+    if stop > ext_end:
+        _walk_checked(buf, ext_pos + 2, ext_end)
+    # The usual case: one host_name that fills the list, plain ASCII.
+    if ext_len >= 5 and buf[body + 2] == 0:
+        list_len, _, name_len = _u16_u8_u16(buf, body)
+        if list_len == ext_len - 2 == name_len + 3:
+            name = buf[body + 5 : stop]
+            if name and name.isascii():
+                return name.decode("ascii")
+    index = _walk_checked(buf, ext_pos + 2, pos)
+    return decode_server_name(buf, body, stop, f"extensions[{index}] server_name")[0]
+
+
+def _walk_checked(buf: bytes, pos: int, end: int) -> int:
+    """Walk extension headers from ``pos`` to ``end`` with every check.
+
+    Returns:
+        How many extensions lie in between.
+
+    Raises:
+        MalformedHello: naming the first extension whose header or length is wrong.
+    """
     index = 0
-    while pos < ext_end:
-        if pos + 4 > ext_end:
+    while pos < end:
+        if pos + 4 > end:
             raise MalformedHello(
-                f"extensions[{index}]", f"{ext_end - pos} bytes left, a header needs 4", pos
+                f"extensions[{index}]", f"{end - pos} bytes left, a header needs 4", pos
             )
         ext_type, ext_len = _u16x2(buf, pos)
-        body = pos + 4
-        if body + ext_len > ext_end:
-            raise MalformedHello(
-                f"extensions[{index}] {'server_name' if ext_type == 0 else ext_type}",
-                f"length {ext_len} overruns its block ({ext_end - body} bytes left)",
-                pos + 2,
-            )
-        if ext_type == 0:
-            # The usual case: one host_name that fills the list, plain ASCII.
-            if ext_len >= 5:
-                list_len, name_type = _u16(buf, body)[0], buf[body + 2]
-                name_len = _u16(buf, body + 3)[0]
-                if name_type == 0 and list_len == ext_len - 2 == name_len + 3:
-                    name = buf[body + 5 : body + ext_len]
-                    if name.isascii() and name:
-                        return name.decode("ascii")
-            field = f"extensions[{index}] server_name"
-            return decode_server_name(buf, body, body + ext_len, field)[0]
-        pos = body + ext_len
+        if pos + 4 + ext_len > end:
+            field = f"extensions[{index}] {'server_name' if ext_type == 0 else ext_type}"
+            raise overrun(field, ext_len, end - pos - 4, pos + 2)
+        pos += 4 + ext_len
         index += 1
-    return None
+    return index
 
 
 def locate_fields(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int, int]:
@@ -125,7 +148,7 @@ def locate_fields(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int, i
         raise MalformedHello("legacy_session_id", f"length {sid_len} exceeds 32", sid)
     cs = sid + 1 + sid_len
     if cs > end:
-        raise _overrun("legacy_session_id", sid_len, end - sid - 1, sid)
+        raise overrun("legacy_session_id", sid_len, end - sid - 1, sid)
     if cs + 2 > end:
         raise MalformedHello("cipher_suites", "length missing", cs)
     cs_len = _u16(buf, cs)[0]
@@ -133,12 +156,12 @@ def locate_fields(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int, i
         raise MalformedHello("cipher_suites", f"odd length {cs_len}", cs)
     comp = cs + 2 + cs_len
     if comp > end:
-        raise _overrun("cipher_suites", cs_len, end - cs - 2, cs)
+        raise overrun("cipher_suites", cs_len, end - cs - 2, cs)
     if comp + 1 > end:
         raise MalformedHello("legacy_compression_methods", "length missing", comp)
     ext = comp + 1 + buf[comp]
     if ext > end:
-        raise _overrun("legacy_compression_methods", buf[comp], end - comp - 1, comp)
+        raise overrun("legacy_compression_methods", buf[comp], end - comp - 1, comp)
     if ext == end:
         return sid, cs, comp, end, end
     if ext + 2 > end:
@@ -146,13 +169,13 @@ def locate_fields(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int, i
     ext_len = _u16(buf, ext)[0]
     ext_end = ext + 2 + ext_len
     if ext_end > end:
-        raise _overrun("extensions", ext_len, end - ext - 2, ext)
+        raise overrun("extensions", ext_len, end - ext - 2, ext)
     if ext_end < end:
         raise MalformedHello("ClientHello", f"{end - ext_end} trailing bytes", ext_end)
     return sid, cs, comp, ext, ext_end
 
 
-def _overrun(field: str, length: int, available: int, offset: int) -> MalformedHello:
+def overrun(field: str, length: int, available: int, offset: int) -> MalformedHello:
     return MalformedHello(
         field, f"length {length} overruns its block ({available} bytes left)", offset
     )
@@ -177,7 +200,7 @@ def decode_server_name(
         list_len = _u16(buf, start)[0]
         pos, stop = start + 2, start + 2 + list_len
         if stop > end:
-            raise _overrun(field, list_len, end - pos, start)
+            raise overrun(field, list_len, end - pos, start)
         if stop < end:
             raise MalformedHello(field, f"{end - stop} trailing bytes", stop)
         index = 0
@@ -189,7 +212,7 @@ def decode_server_name(
             name_type = buf[pos]
             name_len = _u16(buf, pos + 1)[0]
             if pos + 3 + name_len > stop:
-                raise _overrun(f"{field} entry[{index}]", name_len, stop - pos - 3, pos + 1)
+                raise overrun(f"{field} entry[{index}]", name_len, stop - pos - 3, pos + 1)
             if name_type == 0:
                 names.append(bytes(buf[pos + 3 : pos + 3 + name_len]))
             pos += 3 + name_len
