@@ -120,6 +120,12 @@ class Reader:
                     self.max_size,
                 )
             return None
+        if self._consumed > self.max_size:
+            raise HelloTooLarge(
+                "record",
+                f"hello took {self._consumed} bytes of records (limit {self.max_size})",
+                self.max_size,
+            )
         self._hello = parse(self._buf)
         return self._hello
 

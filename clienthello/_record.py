@@ -162,6 +162,8 @@ def read_handshake(data: Buffer, max_size: int = MAX_HELLO_LENGTH + 4) -> Handsh
         spans.append((have, body))
         parts.append(bytes(data[body:stop]))
         have += stop - body
+        if index == 0 and have and data[body] != HANDSHAKE_CLIENT_HELLO:
+            raise NotTLS(f"handshake type {data[body]}, not ClientHello (1)", body)
         if total < 0 and have >= HANDSHAKE_HEADER:
             head = b"".join(parts)[:HANDSHAKE_HEADER] if len(parts) > 1 else parts[0]
             total = _check_handshake_header(head, spans, max_size)

@@ -1,0 +1,5 @@
+"""`python -m sniinspect`."""
+
+from sniinspect.main import main
+
+main()

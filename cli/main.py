@@ -1,0 +1,226 @@
+"""The `sniinspect` command line: a click group whose subcommands load on first use."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import string
+import sys
+from typing import Any
+
+import click
+
+import clienthello
+
+# Subcommands live in their own modules and are imported only when run, so that
+# `sniinspect pcap` does not pay for the router's imports and the other way round.
+_COMMANDS = {
+    "hello": ("sniinspect.main", "hello", "Decode one ClientHello and print every field."),
+    "pcap": ("sniinspect.pcap_cmd", "pcap", "Who asked for which host, from capture files."),
+    "live": ("sniinspect.pcap_cmd", "live", "The same records from live traffic."),
+    "route": ("sniinspect.route_cmd", "route", "Route TLS connections by SNI, unterminated."),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = _COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module, attr, _ = entry
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help_) for name, (_, _, help_) in _COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sniinspect")
+def cli() -> None:
+    """Inspect TLS ClientHellos: parse them, find them in captures, route by them.
+
+    \b
+    Examples:
+      sniinspect hello hello.bin                 every field of one ClientHello
+      sniinspect pcap capture.pcapng             who asked for which host
+      sniinspect route --listen :443 --route example.com=10.0.0.2:443
+
+    Run `sniinspect COMMAND --help` for each command's options.
+    """
+
+
+# --- hello --------------------------------------------------------------------------
+
+_HEX_CHARS = frozenset(string.hexdigits + string.whitespace + ":")
+
+
+class _InputError(click.ClickException):
+    exit_code = 2
+
+
+def _read_input(source: str) -> bytes:
+    if source == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise _InputError(f"cannot read {source}: {exc.strerror}") from None
+    text = data.strip()
+    # Hex text (as copied from Wireshark or xxd -p) is accepted as well as raw bytes.
+    if text and all(chr(b) in _HEX_CHARS for b in text):
+        cleaned = "".join(text.decode("ascii").split()).replace(":", "")
+        try:
+            return bytes.fromhex(cleaned)
+        except ValueError:
+            raise _InputError(
+                f"{source}: looks like hex text but has an odd number of digits"
+            ) from None
+    return data
+
+
+def describe(hello: clienthello.ClientHello) -> dict[str, Any]:
+    """Every field of a hello as plain JSON-ready values, with IANA names."""
+    names = clienthello
+
+    def named(values: tuple[int, ...] | None, name: Any) -> list[dict[str, Any]] | None:
+        if values is None:
+            return None
+        return [{"value": v, "name": name(v)} for v in values]
+
+    return {
+        "legacy_version": {
+            "value": hello.legacy_version,
+            "name": names.version_name(hello.legacy_version),
+        },
+        "sslv2": hello.sslv2,
+        "random": hello.random.hex(),
+        "legacy_session_id": hello.legacy_session_id.hex(),
+        "cipher_suites": named(hello.cipher_suites, names.cipher_suite_name),
+        "legacy_compression_methods": list(hello.legacy_compression_methods),
+        "extensions": [
+            {"type": e.type, "name": names.extension_name(e.type), "length": len(e.data)}
+            for e in hello.extensions
+        ],
+        "server_name": hello.server_name,
+        "server_name_problems": list(hello.server_name_problems),
+        "alpn_protocols": (
+            None
+            if hello.alpn_protocols is None
+            else [p.decode("utf-8", "backslashreplace") for p in hello.alpn_protocols]
+        ),
+        "supported_versions": named(hello.supported_versions, names.version_name),
+        "supported_groups": named(hello.supported_groups, names.group_name),
+        "key_share_groups": named(hello.key_share_groups, names.group_name),
+        "signature_algorithms": named(
+            hello.signature_algorithms, names.signature_scheme_name
+        ),
+        "ec_point_formats": (
+            None if hello.ec_point_formats is None else list(hello.ec_point_formats)
+        ),
+        "psk_key_exchange_modes": (
+            None if hello.psk_key_exchange_modes is None else list(hello.psk_key_exchange_modes)
+        ),
+        "has_pre_shared_key": hello.has_pre_shared_key,
+        "ech": (
+            None
+            if hello.ech is None
+            else {
+                "type": hello.ech.type,
+                "kdf_id": hello.ech.kdf_id,
+                "aead_id": hello.ech.aead_id,
+                "config_id": hello.ech.config_id,
+                "enc_length": hello.ech.enc_length,
+                "payload_length": hello.ech.payload_length,
+            }
+        ),
+        "grease": hello.grease,
+        "ja3": clienthello.ja3(hello),
+        "ja3_string": clienthello.ja3_string(hello),
+        "ja4": clienthello.ja4(hello),
+        "ja4_r": clienthello.ja4_r(hello),
+        "length": len(hello.raw),
+    }
+
+
+def _format_text(info: dict[str, Any]) -> str:
+    lines = []
+    for key, value in info.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            lines.append(f"{key} ({len(value)}):")
+            for item in value:
+                if "value" in item:
+                    lines.append(f"    0x{item['value']:04x}  {item['name']}")
+                else:
+                    lines.append(
+                        f"    0x{item['type']:04x}  {item['name']}  ({item['length']} bytes)"
+                    )
+        elif isinstance(value, dict) and set(value) == {"value", "name"}:
+            lines.append(f"{key}: 0x{value['value']:04x} ({value['name']})")
+        else:
+            shown = "(absent)" if value is None else value
+            if isinstance(value, list):
+                shown = ", ".join(str(v) for v in value) if value else "(empty)"
+            lines.append(f"{key}: {shown}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("source", default="-", metavar="[FILE|-]")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text for people, json for scripts.",
+)
+def hello(source: str, fmt: str) -> None:
+    """Decode one ClientHello from FILE (or standard input) and print every field.
+
+    The input is raw bytes or hex text, either TLS records (starting 16 03 ..)
+    or a bare handshake message (starting 01 ..). Fields are shown with their
+    IANA names, followed by the JA3 and JA4 fingerprints.
+
+    \b
+    Examples:
+      sniinspect hello tests/data/curl.bin
+      xxd -p hello.bin | sniinspect hello --format json -
+
+    Exit status: 0 when the hello was decoded, 2 when the input is not a
+    complete, well-formed ClientHello (the reason, field and offset are printed).
+    """
+    data = _read_input(source)
+    try:
+        if data[:1] == b"\x01":
+            parsed = clienthello.parse_handshake(data)
+        else:
+            parsed = clienthello.parse(data)
+    except clienthello.NeedMoreData as exc:
+        click.echo(
+            f"error: {source}: incomplete ClientHello ({len(data)} bytes; "
+            f"{exc.needed} more needed at least)",
+            err=True,
+        )
+        sys.exit(2)
+    except clienthello.ClientHelloError as exc:
+        click.echo(f"error: {source}: {exc}", err=True)
+        sys.exit(2)
+    info = describe(parsed)
+    if fmt == "json":
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo(_format_text(info))
+
+
+def main() -> None:
+    """Entry point for `python -m sniinspect`."""
+    cli()
