@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import cast
 
 from clienthello._errors import MalformedHello, NeedMoreData, NotTLS
 from clienthello._model import ClientHello, EncryptedClientHello, Extension
@@ -29,6 +30,7 @@ __all__ = ["parse", "parse_handshake", "parse_body"]
 
 _u16 = struct.Struct("!H").unpack_from
 _u16x2 = struct.Struct("!HH").unpack_from
+_unpack_from = struct.unpack_from
 
 # RFC 8446 §4.2 ExtensionType values decoded into typed fields.
 EXT_SERVER_NAME = 0
@@ -135,6 +137,12 @@ def parse_body(raw: bytes) -> ClientHello:
     extensions: tuple[Extension, ...] = ()
     if ext < end:
         extensions = _parse_extensions(raw, ext + 2, ext_end, fields)
+        server_name = fields.pop("_server_name", None)
+        if server_name is not None:
+            decoded = cast("tuple[str, tuple[bytes, ...], tuple[str, ...]]", server_name)
+            fields["server_name"] = decoded[0]
+            fields["server_name_raw"] = decoded[1]
+            fields["server_name_problems"] = decoded[2]
 
     return ClientHello(
         legacy_version=legacy_version,
@@ -152,9 +160,14 @@ def _parse_extensions(
     raw: bytes, pos: int, end: int, fields: dict[str, object]
 ) -> tuple[Extension, ...]:
     extensions: list[Extension] = []
-    decoded: set[int] = set()
     append = extensions.append
-    new_extension = Extension
+    # tuple.__new__ builds the named tuple without its Python-level __new__: this
+    # loop runs once per extension of every hello, so the call matters.
+    new_extension = tuple.__new__
+    extension_class = Extension
+    lists = _LIST_EXTENSIONS
+    decoders = _DECODERS
+    u16x2 = _u16x2
     while pos < end:
         if pos + 4 > end:
             raise _fail(
@@ -162,17 +175,37 @@ def _parse_extensions(
                 f"{end - pos} bytes left, a header needs 4",
                 pos,
             )
-        ext_type, ext_len = _u16x2(raw, pos)
+        ext_type, ext_len = u16x2(raw, pos)
         body = pos + 4
         stop = body + ext_len
         if stop > end:
             raise _overrun(_ext_field(len(extensions), ext_type), ext_len, end - body, pos + 2)
-        append(new_extension(ext_type, raw[body:stop], pos))
-        decoder = _DECODERS.get(ext_type)
-        if decoder is not None and ext_type not in decoded:
-            # Only the first of a repeated extension is decoded, as peers do.
-            decoded.add(ext_type)
-            decoder(raw, body, stop, len(extensions) - 1, fields)
+        append(new_extension(extension_class, (ext_type, raw[body:stop], pos)))
+        simple = lists.get(ext_type)
+        if simple is not None:
+            # A vector of 8- or 16-bit values that fills the extension exactly: the
+            # common case is decoded inline, anything else by the full decoder.
+            key, prefix, width = simple
+            if key not in fields:
+                if prefix == 1 and ext_len >= 1:
+                    length = raw[body]
+                else:
+                    length = (raw[body] << 8) | raw[body + 1] if ext_len >= 2 else -1
+                if length >= 0 and length + prefix == ext_len and not length % width:
+                    fields[key] = (
+                        tuple(raw[body + 1 : stop])
+                        if width == 1
+                        else _unpack_from(f"!{length >> 1}H", raw, body + prefix)
+                    )
+                else:
+                    fields[key] = decoders[ext_type][1](raw, body, stop, len(extensions) - 1)
+        else:
+            decoder = decoders.get(ext_type)
+            if decoder is not None:
+                key, decode = decoder
+                # Only the first of a repeated extension is decoded, as peers do.
+                if key not in fields:
+                    fields[key] = decode(raw, body, stop, len(extensions) - 1)
         pos = stop
     return tuple(extensions)
 
@@ -182,10 +215,8 @@ def _ext_field(index: int, ext_type: int) -> str:
     return f"extensions[{index}] {_EXTENSION_FIELDS.get(ext_type, ext_type)}"
 
 
-# --- extension decoders: (raw, start, end, extension index, fields) -> None ----------
+# --- extension decoders: (raw, start, end, extension index) -> value ----------------
 # Field names for errors are built only when an error is raised.
-
-_Decoder = Callable[[bytes, int, int, int, dict[str, object]], None]
 
 
 def _vector(raw: bytes, start: int, end: int, index: int, ext_type: int, prefix: int) -> int:
@@ -193,16 +224,16 @@ def _vector(raw: bytes, start: int, end: int, index: int, ext_type: int, prefix:
 
     Returns the offset where the vector's contents start.
     """
-    if start + prefix > end:
-        raise _fail(_ext_field(index, ext_type), "length missing", start)
-    length = raw[start] if prefix == 1 else _u16(raw, start)[0]
-    body = start + prefix
-    if body + length != end:
+    if start + prefix <= end:
+        body = start + prefix
+        length = raw[start] if prefix == 1 else (raw[start] << 8) | raw[start + 1]
+        if body + length == end:
+            return body
         field = _ext_field(index, ext_type)
         if body + length > end:
             raise _overrun(field, length, end - body, start)
         raise _fail(field, f"{end - body - length} trailing bytes", body + length)
-    return body
+    raise _fail(_ext_field(index, ext_type), "length missing", start)
 
 
 def _u16_vector(
@@ -214,48 +245,31 @@ def _u16_vector(
     return struct.unpack_from(f"!{(end - body) >> 1}H", raw, body)
 
 
-def _server_name(raw: bytes, start: int, end: int, index: int, fields: dict[str, object]) -> None:
-    name, names, problems = decode_server_name(raw, start, end, _ext_field(index, EXT_SERVER_NAME))
-    fields["server_name"] = name
-    fields["server_name_raw"] = names
-    fields["server_name_problems"] = problems
+def _server_name(raw: bytes, start: int, end: int, index: int) -> object:
+    return decode_server_name(raw, start, end, index)
 
 
-def _supported_groups(
-    raw: bytes, start: int, end: int, index: int, fields: dict[str, object]
-) -> None:
-    fields["supported_groups"] = _u16_vector(raw, start, end, index, EXT_SUPPORTED_GROUPS, 2)
+def _supported_groups(raw: bytes, start: int, end: int, index: int) -> object:
+    return _u16_vector(raw, start, end, index, EXT_SUPPORTED_GROUPS, 2)
 
 
-def _signature_algorithms(
-    raw: bytes, start: int, end: int, index: int, fields: dict[str, object]
-) -> None:
-    fields["signature_algorithms"] = _u16_vector(
-        raw, start, end, index, EXT_SIGNATURE_ALGORITHMS, 2
-    )
+def _signature_algorithms(raw: bytes, start: int, end: int, index: int) -> object:
+    return _u16_vector(raw, start, end, index, EXT_SIGNATURE_ALGORITHMS, 2)
 
 
-def _supported_versions(
-    raw: bytes, start: int, end: int, index: int, fields: dict[str, object]
-) -> None:
-    fields["supported_versions"] = _u16_vector(raw, start, end, index, EXT_SUPPORTED_VERSIONS, 1)
+def _supported_versions(raw: bytes, start: int, end: int, index: int) -> object:
+    return _u16_vector(raw, start, end, index, EXT_SUPPORTED_VERSIONS, 1)
 
 
-def _ec_point_formats(
-    raw: bytes, start: int, end: int, index: int, fields: dict[str, object]
-) -> None:
-    body = _vector(raw, start, end, index, EXT_EC_POINT_FORMATS, 1)
-    fields["ec_point_formats"] = tuple(raw[body:end])
+def _ec_point_formats(raw: bytes, start: int, end: int, index: int) -> object:
+    return tuple(raw[_vector(raw, start, end, index, EXT_EC_POINT_FORMATS, 1) : end])
 
 
-def _psk_key_exchange_modes(
-    raw: bytes, start: int, end: int, index: int, fields: dict[str, object]
-) -> None:
-    body = _vector(raw, start, end, index, EXT_PSK_KEY_EXCHANGE_MODES, 1)
-    fields["psk_key_exchange_modes"] = tuple(raw[body:end])
+def _psk_key_exchange_modes(raw: bytes, start: int, end: int, index: int) -> object:
+    return tuple(raw[_vector(raw, start, end, index, EXT_PSK_KEY_EXCHANGE_MODES, 1) : end])
 
 
-def _alpn(raw: bytes, start: int, end: int, index: int, fields: dict[str, object]) -> None:
+def _alpn(raw: bytes, start: int, end: int, index: int) -> object:
     pos = _vector(raw, start, end, index, EXT_ALPN, 2)
     protocols: list[bytes] = []
     while pos < end:
@@ -265,10 +279,10 @@ def _alpn(raw: bytes, start: int, end: int, index: int, fields: dict[str, object
             raise _overrun(field, length, end - pos - 1, pos)
         protocols.append(raw[pos + 1 : pos + 1 + length])
         pos += 1 + length
-    fields["alpn_protocols"] = tuple(protocols)
+    return tuple(protocols)
 
 
-def _key_share(raw: bytes, start: int, end: int, index: int, fields: dict[str, object]) -> None:
+def _key_share(raw: bytes, start: int, end: int, index: int) -> object:
     pos = _vector(raw, start, end, index, EXT_KEY_SHARE, 2)
     groups: list[int] = []
     while pos < end:
@@ -281,12 +295,10 @@ def _key_share(raw: bytes, start: int, end: int, index: int, fields: dict[str, o
             raise _overrun(field, length, end - pos - 4, pos + 2)
         groups.append(group)
         pos += 4 + length
-    fields["key_share_groups"] = tuple(groups)
+    return tuple(groups)
 
 
-def _pre_shared_key(
-    raw: bytes, start: int, end: int, index: int, fields: dict[str, object]
-) -> None:
+def _pre_shared_key(raw: bytes, start: int, end: int, index: int) -> object:
     # RFC 8446 §4.2.11: identities<7..2^16-1> then binders<33..2^16-1>, which
     # together fill the extension exactly.
     if start + 2 > end:
@@ -304,12 +316,10 @@ def _pre_shared_key(
             raise _fail(field, "identity overruns the identities block", pos)
         pos += 2 + id_len + 4  # identity, obfuscated_ticket_age
     _vector(raw, ids_end, end, index, EXT_PRE_SHARED_KEY, 2)  # binders
-    fields["has_pre_shared_key"] = True
+    return True
 
 
-def _encrypted_client_hello(
-    raw: bytes, start: int, end: int, index: int, fields: dict[str, object]
-) -> None:
+def _encrypted_client_hello(raw: bytes, start: int, end: int, index: int) -> object:
     # draft-ietf-tls-esni §5: ECHClientHello { type; outer: cipher_suite, config_id,
     # enc<0..2^16-1>, payload<1..2^16-1>; inner: nothing more }
     ext = EXT_ENCRYPTED_CLIENT_HELLO
@@ -319,8 +329,7 @@ def _encrypted_client_hello(
     if ech_type != 0:
         if ech_type == 1 and start + 1 != end:
             raise _fail(_ext_field(index, ext), f"{end - start - 1} trailing bytes", start + 1)
-        fields["ech"] = EncryptedClientHello(type=ech_type)
-        return
+        return EncryptedClientHello(type=ech_type)
     pos = start + 1
     if pos + 7 > end:
         raise _fail(_ext_field(index, ext), "outer header truncated", pos)
@@ -330,7 +339,7 @@ def _encrypted_client_hello(
     if pos + 7 + enc_len > end:
         raise _overrun(f"{_ext_field(index, ext)} enc", enc_len, end - pos - 7, pos + 5)
     payload = _vector(raw, pos + 7 + enc_len, end, index, ext, 2)
-    fields["ech"] = EncryptedClientHello(
+    return EncryptedClientHello(
         type=0,
         kdf_id=kdf_id,
         aead_id=aead_id,
@@ -340,17 +349,29 @@ def _encrypted_client_hello(
     )
 
 
-_DECODERS: dict[int, _Decoder] = {
-    EXT_SERVER_NAME: _server_name,
-    EXT_SUPPORTED_GROUPS: _supported_groups,
-    EXT_EC_POINT_FORMATS: _ec_point_formats,
-    EXT_SIGNATURE_ALGORITHMS: _signature_algorithms,
-    EXT_ALPN: _alpn,
-    EXT_PRE_SHARED_KEY: _pre_shared_key,
-    EXT_SUPPORTED_VERSIONS: _supported_versions,
-    EXT_PSK_KEY_EXCHANGE_MODES: _psk_key_exchange_modes,
-    EXT_KEY_SHARE: _key_share,
-    EXT_ENCRYPTED_CLIENT_HELLO: _encrypted_client_hello,
+_Decoder = Callable[[bytes, int, int, int], object]
+
+# ExtensionType -> (field, length prefix size, value width) for plain vectors.
+_LIST_EXTENSIONS: dict[int, tuple[str, int, int]] = {
+    EXT_SUPPORTED_GROUPS: ("supported_groups", 2, 2),
+    EXT_SIGNATURE_ALGORITHMS: ("signature_algorithms", 2, 2),
+    EXT_SUPPORTED_VERSIONS: ("supported_versions", 1, 2),
+    EXT_EC_POINT_FORMATS: ("ec_point_formats", 1, 1),
+    EXT_PSK_KEY_EXCHANGE_MODES: ("psk_key_exchange_modes", 1, 1),
+}
+
+# ExtensionType -> (the ClientHello field it fills, its decoder)
+_DECODERS: dict[int, tuple[str, _Decoder]] = {
+    EXT_SERVER_NAME: ("_server_name", _server_name),
+    EXT_SUPPORTED_GROUPS: ("supported_groups", _supported_groups),
+    EXT_EC_POINT_FORMATS: ("ec_point_formats", _ec_point_formats),
+    EXT_SIGNATURE_ALGORITHMS: ("signature_algorithms", _signature_algorithms),
+    EXT_ALPN: ("alpn_protocols", _alpn),
+    EXT_PRE_SHARED_KEY: ("has_pre_shared_key", _pre_shared_key),
+    EXT_SUPPORTED_VERSIONS: ("supported_versions", _supported_versions),
+    EXT_PSK_KEY_EXCHANGE_MODES: ("psk_key_exchange_modes", _psk_key_exchange_modes),
+    EXT_KEY_SHARE: ("key_share_groups", _key_share),
+    EXT_ENCRYPTED_CLIENT_HELLO: ("ech", _encrypted_client_hello),
 }
 
 

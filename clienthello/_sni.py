@@ -98,7 +98,7 @@ def _find(buf: bytes, pos: int, end: int) -> str | None:
             if name and name.isascii():
                 return name.decode("ascii")
     index = _walk_checked(buf, ext_pos + 2, pos)
-    return decode_server_name(buf, body, stop, f"extensions[{index}] server_name")[0]
+    return decode_server_name(buf, body, stop, index)[0]
 
 
 def _walk_checked(buf: bytes, pos: int, end: int) -> int:
@@ -182,7 +182,7 @@ def overrun(field: str, length: int, available: int, offset: int) -> MalformedHe
 
 
 def decode_server_name(
-    buf: bytes, start: int, end: int, field: str
+    buf: bytes, start: int, end: int, index: int
 ) -> tuple[str, tuple[bytes, ...], tuple[str, ...]]:
     """Decode a server_name extension body (RFC 6066 §3).
 
@@ -196,27 +196,29 @@ def decode_server_name(
     names: list[bytes] = []
     if start < end:
         if start + 2 > end:
-            raise MalformedHello(field, "list length missing", start)
+            raise MalformedHello(_sn(index), "list length missing", start)
         list_len = _u16(buf, start)[0]
         pos, stop = start + 2, start + 2 + list_len
         if stop > end:
-            raise overrun(field, list_len, end - pos, start)
+            raise overrun(_sn(index), list_len, end - pos, start)
         if stop < end:
-            raise MalformedHello(field, f"{end - stop} trailing bytes", stop)
-        index = 0
+            raise MalformedHello(_sn(index), f"{end - stop} trailing bytes", stop)
+        entry = 0
         while pos < stop:
             if pos + 3 > stop:
                 raise MalformedHello(
-                    f"{field} entry[{index}]", f"{stop - pos} bytes left, an entry needs 3", pos
+                    f"{_sn(index)} entry[{entry}]",
+                    f"{stop - pos} bytes left, an entry needs 3",
+                    pos,
                 )
             name_type = buf[pos]
             name_len = _u16(buf, pos + 1)[0]
             if pos + 3 + name_len > stop:
-                raise overrun(f"{field} entry[{index}]", name_len, stop - pos - 3, pos + 1)
+                raise overrun(f"{_sn(index)} entry[{entry}]", name_len, stop - pos - 3, pos + 1)
             if name_type == 0:
                 names.append(bytes(buf[pos + 3 : pos + 3 + name_len]))
             pos += 3 + name_len
-            index += 1
+            entry += 1
     if not names:
         return "", (), ("no host_name",)
     first = names[0]
@@ -232,3 +234,7 @@ def decode_server_name(
     if first.endswith(b"."):
         problems.append("trailing dot")
     return first.decode("utf-8", "backslashreplace"), tuple(names), tuple(problems)
+
+
+def _sn(index: int) -> str:
+    return f"extensions[{index}] server_name"

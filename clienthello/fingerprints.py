@@ -8,8 +8,6 @@ values removed, and its MD5. JA4 follows FoxIO's current specification
 
 from __future__ import annotations
 
-import hashlib
-
 from clienthello._model import GREASE_VALUES, ClientHello
 
 __all__ = ["ja3", "ja3_string", "ja4", "ja4_r", "ja4_version"]
@@ -43,6 +41,8 @@ def ja3_string(hello: ClientHello) -> str:
 
 def ja3(hello: ClientHello) -> str:
     """The JA3 fingerprint: the MD5 hex digest of `ja3_string`."""
+    import hashlib  # here, not at the top: it loads OpenSSL, which `import clienthello` need not
+
     return hashlib.md5(ja3_string(hello).encode("ascii"), usedforsecurity=False).hexdigest()
 
 
@@ -86,6 +86,8 @@ def _ja4_parts(hello: ClientHello, transport: str) -> tuple[str, str, str, str]:
 
 
 def _hash12(text: str) -> str:
+    import hashlib
+
     if not text:
         return "000000000000"
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:12]
