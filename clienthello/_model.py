@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from functools import cached_property
+from typing import Any, NamedTuple, cast
 
 __all__ = [
     "ClientHello",
@@ -76,7 +77,10 @@ class EncryptedClientHello:
     payload_length: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+# Not slots=True: on Python 3.10 and 3.11 a frozen slotted dataclass answers an
+# assignment to one of its properties with a TypeError from a stale super() cell
+# instead of FrozenInstanceError, and a __dict__ lets `extensions` be cached.
+@dataclass(frozen=True)
 class ClientHello:
     """A ClientHello, every field as sent, in wire order.
 
@@ -97,32 +101,100 @@ class ClientHello:
     legacy_session_id: bytes = field(repr=False)
     cipher_suites: tuple[int, ...]
     legacy_compression_methods: bytes
-    extensions: tuple[Extension, ...]
     raw: bytes = field(repr=False)
-    server_name: str | None = None
-    server_name_raw: tuple[bytes, ...] | None = field(default=None, repr=False)
-    server_name_problems: tuple[str, ...] = ()
-    alpn_protocols: tuple[bytes, ...] | None = None
-    supported_versions: tuple[int, ...] | None = None
-    supported_groups: tuple[int, ...] | None = None
-    signature_algorithms: tuple[int, ...] | None = None
-    ec_point_formats: tuple[int, ...] | None = None
-    key_share_groups: tuple[int, ...] | None = None
-    psk_key_exchange_modes: tuple[int, ...] | None = None
-    has_pre_shared_key: bool = False
-    ech: EncryptedClientHello | None = None
     sslv2: bool = False
+    # The extensions as (type, data, offset) and the decoded values of the known
+    # ones (in _TYPED order). Kept as plain tuples because building a dozen objects
+    # per hello is most of the cost of a parse; the properties below present them.
+    _extension_tuples: tuple[tuple[int, bytes, int], ...] = field(default=(), repr=False)
+    _typed: tuple[Any, ...] = field(default=(), repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"ClientHello(legacy_version=0x{self.legacy_version:04x}, "
+            f"server_name={self.server_name!r}, cipher_suites={len(self.cipher_suites)}, "
+            f"extensions={list(self.extension_types)}, sslv2={self.sslv2})"
+        )
+
+    @cached_property
+    def extensions(self) -> tuple[Extension, ...]:
+        """Every extension in wire order, GREASE and unknown types included."""
+        return tuple(map(Extension._make, self._extension_tuples))
+
+    def _get(self, index: int) -> Any:
+        typed = self._typed
+        return typed[index] if typed else _TYPED_DEFAULTS[index]
+
+    @property
+    def server_name(self) -> str | None:
+        """The first host_name (see the class docstring), None without the extension."""
+        return cast("str | None", self._get(0))
+
+    @property
+    def server_name_raw(self) -> tuple[bytes, ...] | None:
+        """Every host_name exactly as sent, None without the extension."""
+        return cast("tuple[bytes, ...] | None", self._get(1))
+
+    @property
+    def server_name_problems(self) -> tuple[str, ...]:
+        """What is odd about the server name; empty when it is a plain host name."""
+        return cast("tuple[str, ...]", self._get(2))
+
+    @property
+    def alpn_protocols(self) -> tuple[bytes, ...] | None:
+        """application_layer_protocol_negotiation protocol names (RFC 7301)."""
+        return cast("tuple[bytes, ...] | None", self._get(3))
+
+    @property
+    def supported_versions(self) -> tuple[int, ...] | None:
+        """supported_versions (RFC 8446 §4.2.1), GREASE kept."""
+        return cast("tuple[int, ...] | None", self._get(4))
+
+    @property
+    def supported_groups(self) -> tuple[int, ...] | None:
+        """supported_groups (RFC 8446 §4.2.7), GREASE kept."""
+        return cast("tuple[int, ...] | None", self._get(5))
+
+    @property
+    def signature_algorithms(self) -> tuple[int, ...] | None:
+        """signature_algorithms (RFC 8446 §4.2.3), in preference order."""
+        return cast("tuple[int, ...] | None", self._get(6))
+
+    @property
+    def ec_point_formats(self) -> tuple[int, ...] | None:
+        """ec_point_formats (RFC 8422 §5.1.2)."""
+        return cast("tuple[int, ...] | None", self._get(7))
+
+    @property
+    def key_share_groups(self) -> tuple[int, ...] | None:
+        """The groups of the key_share entries (RFC 8446 §4.2.8), in order."""
+        return cast("tuple[int, ...] | None", self._get(8))
+
+    @property
+    def psk_key_exchange_modes(self) -> tuple[int, ...] | None:
+        """psk_key_exchange_modes (RFC 8446 §4.2.9)."""
+        return cast("tuple[int, ...] | None", self._get(9))
+
+    @property
+    def has_pre_shared_key(self) -> bool:
+        """Whether a pre_shared_key extension (RFC 8446 §4.2.11) is present."""
+        return bool(self._get(10))
+
+    @property
+    def ech(self) -> EncryptedClientHello | None:
+        """The encrypted_client_hello extension, None when absent."""
+        return cast("EncryptedClientHello | None", self._get(11))
 
     @property
     def extension_types(self) -> tuple[int, ...]:
         """Extension types in wire order."""
-        return tuple(ext.type for ext in self.extensions)
+        return tuple(ext[0] for ext in self._extension_tuples)
 
     def extension(self, ext_type: int) -> Extension | None:
         """The first extension of ``ext_type``, or None."""
-        for ext in self.extensions:
-            if ext.type == ext_type:
-                return ext
+        for ext in self._extension_tuples:
+            if ext[0] == ext_type:
+                return Extension._make(ext)
         return None
 
     @property
@@ -130,7 +202,7 @@ class ClientHello:
         """Whether any RFC 8701 GREASE value appears anywhere in the hello."""
         if any(v in GREASE_VALUES for v in self.cipher_suites):
             return True
-        if any(e.type in GREASE_VALUES for e in self.extensions):
+        if any(e[0] in GREASE_VALUES for e in self._extension_tuples):
             return True
         for values in (
             self.supported_versions,
@@ -158,3 +230,34 @@ class ClientHello:
             if real:
                 return max(real)
         return self.legacy_version
+
+
+# The order of ClientHello._typed, and each value when its extension is absent.
+TYPED_FIELDS: tuple[str, ...] = (
+    "server_name",
+    "server_name_raw",
+    "server_name_problems",
+    "alpn_protocols",
+    "supported_versions",
+    "supported_groups",
+    "signature_algorithms",
+    "ec_point_formats",
+    "key_share_groups",
+    "psk_key_exchange_modes",
+    "has_pre_shared_key",
+    "ech",
+)
+_TYPED_DEFAULTS: tuple[Any, ...] = (
+    None,
+    None,
+    (),
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    False,
+    None,
+)

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import cast
+from typing import Any
 
 from clienthello._errors import MalformedHello, NeedMoreData, NotTLS
-from clienthello._model import ClientHello, EncryptedClientHello, Extension
+from clienthello._model import _TYPED_DEFAULTS, TYPED_FIELDS, ClientHello, EncryptedClientHello
 from clienthello._record import (
+    CONTENT_TYPE_HANDSHAKE,
     HANDSHAKE_CLIENT_HELLO,
     HANDSHAKE_HEADER,
     MAX_HELLO_LENGTH,
+    MAX_RECORD_LENGTH,
     Buffer,
     Handshake,
     read_handshake,
@@ -75,8 +77,17 @@ def parse(data: Buffer) -> ClientHello:
         MalformedHello: a length or field is wrong; ``.offset`` is into ``data``.
         HelloTooLarge: the declared handshake length cannot be a ClientHello.
     """
-    handshake = read_handshake(data)
-    return _parse_joined(handshake)
+    n = len(data)
+    # One record holding the whole hello, the usual case: no joining needed.
+    if n > 9 and data[0] == CONTENT_TYPE_HANDSHAKE and data[1] == 3 and data[5] == 1:
+        rec_end = 5 + ((data[3] << 8) | data[4])
+        hs_end = 9 + ((data[6] << 16) | (data[7] << 8) | data[8])
+        if hs_end <= rec_end <= n and rec_end <= 5 + MAX_RECORD_LENGTH:
+            try:
+                return parse_body(bytes(data[5:hs_end]))
+            except MalformedHello as err:
+                raise err.moved(err.offset + 5) from None
+    return _parse_joined(read_handshake(data))
 
 
 def parse_handshake(data: Buffer) -> ClientHello:
@@ -133,40 +144,33 @@ def parse_body(raw: bytes) -> ClientHello:
     legacy_session_id = raw[sid + 1 : cs]
     cipher_suites = struct.unpack_from(f"!{(comp - cs - 2) >> 1}H", raw, cs + 2)
     legacy_compression_methods = raw[comp + 1 : ext]
-    fields: dict[str, object] = {}
-    extensions: tuple[Extension, ...] = ()
-    if ext < end:
-        extensions = _parse_extensions(raw, ext + 2, ext_end, fields)
-        server_name = fields.pop("_server_name", None)
-        if server_name is not None:
-            decoded = cast("tuple[str, tuple[bytes, ...], tuple[str, ...]]", server_name)
-            fields["server_name"] = decoded[0]
-            fields["server_name_raw"] = decoded[1]
-            fields["server_name_problems"] = decoded[2]
-
+    if ext == end:
+        return ClientHello(
+            legacy_version, random, legacy_session_id, cipher_suites,
+            legacy_compression_methods, raw,
+        )  # fmt: skip
+    typed = list(_TYPED_DEFAULTS)
+    extensions = _parse_extensions(raw, ext + 2, ext_end, typed)
+    if typed[0] is not None:  # server_name decodes to (name, raw names, problems)
+        typed[0:3] = typed[0]
     return ClientHello(
-        legacy_version=legacy_version,
-        random=random,
-        legacy_session_id=legacy_session_id,
-        cipher_suites=cipher_suites,
-        legacy_compression_methods=legacy_compression_methods,
-        extensions=extensions,
-        raw=raw,
-        **fields,  # type: ignore[arg-type]
-    )
+        legacy_version, random, legacy_session_id, cipher_suites,
+        legacy_compression_methods, raw, False, extensions, tuple(typed),
+    )  # fmt: skip
 
 
 def _parse_extensions(
-    raw: bytes, pos: int, end: int, fields: dict[str, object]
-) -> tuple[Extension, ...]:
-    extensions: list[Extension] = []
+    raw: bytes, pos: int, end: int, typed: list[Any]
+) -> tuple[tuple[int, bytes, int], ...]:
+    """Walk the extensions block; fill ``typed`` (in TYPED_FIELDS order) on the way.
+
+    Returns (type, data, offset) for every extension, in wire order.
+    """
+    extensions: list[tuple[int, bytes, int]] = []
     append = extensions.append
-    # tuple.__new__ builds the named tuple without its Python-level __new__: this
-    # loop runs once per extension of every hello, so the call matters.
-    new_extension = tuple.__new__
-    extension_class = Extension
     lists = _LIST_EXTENSIONS
     decoders = _DECODERS
+    defaults = _TYPED_DEFAULTS
     u16x2 = _u16x2
     while pos < end:
         if pos + 4 > end:
@@ -180,32 +184,32 @@ def _parse_extensions(
         stop = body + ext_len
         if stop > end:
             raise _overrun(_ext_field(len(extensions), ext_type), ext_len, end - body, pos + 2)
-        append(new_extension(extension_class, (ext_type, raw[body:stop], pos)))
+        append((ext_type, raw[body:stop], pos))
         simple = lists.get(ext_type)
         if simple is not None:
             # A vector of 8- or 16-bit values that fills the extension exactly: the
             # common case is decoded inline, anything else by the full decoder.
-            key, prefix, width = simple
-            if key not in fields:
+            slot, prefix, width = simple
+            # Only the first of a repeated extension is decoded, as peers do.
+            if typed[slot] is defaults[slot]:
                 if prefix == 1 and ext_len >= 1:
                     length = raw[body]
                 else:
                     length = (raw[body] << 8) | raw[body + 1] if ext_len >= 2 else -1
                 if length >= 0 and length + prefix == ext_len and not length % width:
-                    fields[key] = (
+                    typed[slot] = (
                         tuple(raw[body + 1 : stop])
                         if width == 1
                         else _unpack_from(f"!{length >> 1}H", raw, body + prefix)
                     )
                 else:
-                    fields[key] = decoders[ext_type][1](raw, body, stop, len(extensions) - 1)
+                    typed[slot] = decoders[ext_type][1](raw, body, stop, len(extensions) - 1)
         else:
             decoder = decoders.get(ext_type)
             if decoder is not None:
-                key, decode = decoder
-                # Only the first of a repeated extension is decoded, as peers do.
-                if key not in fields:
-                    fields[key] = decode(raw, body, stop, len(extensions) - 1)
+                slot, decode = decoder
+                if typed[slot] is defaults[slot]:
+                    typed[slot] = decode(raw, body, stop, len(extensions) - 1)
         pos = stop
     return tuple(extensions)
 
@@ -351,27 +355,29 @@ def _encrypted_client_hello(raw: bytes, start: int, end: int, index: int) -> obj
 
 _Decoder = Callable[[bytes, int, int, int], object]
 
-# ExtensionType -> (field, length prefix size, value width) for plain vectors.
-_LIST_EXTENSIONS: dict[int, tuple[str, int, int]] = {
-    EXT_SUPPORTED_GROUPS: ("supported_groups", 2, 2),
-    EXT_SIGNATURE_ALGORITHMS: ("signature_algorithms", 2, 2),
-    EXT_SUPPORTED_VERSIONS: ("supported_versions", 1, 2),
-    EXT_EC_POINT_FORMATS: ("ec_point_formats", 1, 1),
-    EXT_PSK_KEY_EXCHANGE_MODES: ("psk_key_exchange_modes", 1, 1),
+_SLOT = {name: index for index, name in enumerate(TYPED_FIELDS)}
+
+# ExtensionType -> (slot in TYPED_FIELDS, length prefix size, value width) for plain vectors.
+_LIST_EXTENSIONS: dict[int, tuple[int, int, int]] = {
+    EXT_SUPPORTED_GROUPS: (_SLOT["supported_groups"], 2, 2),
+    EXT_SIGNATURE_ALGORITHMS: (_SLOT["signature_algorithms"], 2, 2),
+    EXT_SUPPORTED_VERSIONS: (_SLOT["supported_versions"], 1, 2),
+    EXT_EC_POINT_FORMATS: (_SLOT["ec_point_formats"], 1, 1),
+    EXT_PSK_KEY_EXCHANGE_MODES: (_SLOT["psk_key_exchange_modes"], 1, 1),
 }
 
-# ExtensionType -> (the ClientHello field it fills, its decoder)
-_DECODERS: dict[int, tuple[str, _Decoder]] = {
-    EXT_SERVER_NAME: ("_server_name", _server_name),
-    EXT_SUPPORTED_GROUPS: ("supported_groups", _supported_groups),
-    EXT_EC_POINT_FORMATS: ("ec_point_formats", _ec_point_formats),
-    EXT_SIGNATURE_ALGORITHMS: ("signature_algorithms", _signature_algorithms),
-    EXT_ALPN: ("alpn_protocols", _alpn),
-    EXT_PRE_SHARED_KEY: ("has_pre_shared_key", _pre_shared_key),
-    EXT_SUPPORTED_VERSIONS: ("supported_versions", _supported_versions),
-    EXT_PSK_KEY_EXCHANGE_MODES: ("psk_key_exchange_modes", _psk_key_exchange_modes),
-    EXT_KEY_SHARE: ("key_share_groups", _key_share),
-    EXT_ENCRYPTED_CLIENT_HELLO: ("ech", _encrypted_client_hello),
+# ExtensionType -> (slot in TYPED_FIELDS, its decoder)
+_DECODERS: dict[int, tuple[int, _Decoder]] = {
+    EXT_SERVER_NAME: (_SLOT["server_name"], _server_name),
+    EXT_SUPPORTED_GROUPS: (_SLOT["supported_groups"], _supported_groups),
+    EXT_EC_POINT_FORMATS: (_SLOT["ec_point_formats"], _ec_point_formats),
+    EXT_SIGNATURE_ALGORITHMS: (_SLOT["signature_algorithms"], _signature_algorithms),
+    EXT_ALPN: (_SLOT["alpn_protocols"], _alpn),
+    EXT_PRE_SHARED_KEY: (_SLOT["has_pre_shared_key"], _pre_shared_key),
+    EXT_SUPPORTED_VERSIONS: (_SLOT["supported_versions"], _supported_versions),
+    EXT_PSK_KEY_EXCHANGE_MODES: (_SLOT["psk_key_exchange_modes"], _psk_key_exchange_modes),
+    EXT_KEY_SHARE: (_SLOT["key_share_groups"], _key_share),
+    EXT_ENCRYPTED_CLIENT_HELLO: (_SLOT["ech"], _encrypted_client_hello),
 }
 
 
@@ -405,7 +411,6 @@ def _parse_sslv2(raw: bytes) -> ClientHello:
         legacy_session_id=session_id,
         cipher_suites=cipher_suites,
         legacy_compression_methods=b"\x00",
-        extensions=(),
         raw=raw,
         sslv2=True,
     )
