@@ -25,6 +25,8 @@ __all__ = ["sni", "locate_fields", "decode_server_name"]
 _u16 = struct.Struct("!H").unpack_from
 _u16x2 = struct.Struct("!HH").unpack_from
 _u16_u8_u16 = struct.Struct("!HBH").unpack_from
+# content type, version major, (minor), record length, handshake type, length (24 bits)
+_headers = struct.Struct("!BBxHBBH").unpack_from
 _HOSTNAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
 
 
@@ -44,6 +46,49 @@ def sni(data: Buffer) -> str | None:
     """
     if type(data) is not bytes:
         data = bytes(data)
+    # The happy path, straight through with no checks but the ones that decide it
+    # applies: one record holding a well-framed hello, a plain ASCII host_name. Any
+    # surprise (an index past the end included) falls to the checked path below,
+    # which names the fault or handles the rarer shapes.
+    try:
+        ctype, major, rec_len, hs_type, hs_hi, hs_lo = _headers(data)
+        hs_end = 9 + ((hs_hi << 16) | hs_lo)
+        if (
+            ctype == CONTENT_TYPE_HANDSHAKE
+            and major == 3
+            and hs_type == HANDSHAKE_CLIENT_HELLO
+            and hs_end <= 5 + rec_len <= len(data)
+            and rec_len <= MAX_RECORD_LENGTH
+            and data[43] <= 32
+        ):
+            cs = 44 + data[43]  # 9 + legacy_version 2 + random 32 + the length byte
+            comp = cs + 2 + ((data[cs] << 8) | data[cs + 1])
+            ext = comp + 1 + data[comp]
+            ext_end = ext + 2 + ((data[ext] << 8) | data[ext + 1])
+            if ext_end == hs_end and not (comp - cs) & 1:
+                pos = ext + 2
+                while pos < ext_end:
+                    ext_type, ext_len = _u16x2(data, pos)
+                    if ext_type == 0:
+                        stop = pos + 4 + ext_len
+                        if ext_len >= 5 and stop <= ext_end:
+                            list_len, name_type, name_len = _u16_u8_u16(data, pos + 4)
+                            if name_type == 0 and list_len == ext_len - 2 == name_len + 3:
+                                name = data[pos + 9 : stop]
+                                if name and name.isascii():
+                                    return name.decode("ascii")
+                        break
+                    pos += 4 + ext_len
+                else:
+                    if pos == ext_end:
+                        return None
+    except (IndexError, struct.error):
+        pass
+    return _sni_checked(data)
+
+
+def _sni_checked(data: bytes) -> str | None:
+    """`sni` with every length checked, for the shapes the happy path leaves."""
     n = len(data)
     # One record holding the whole hello: walk the caller's bytes in place.
     if (
