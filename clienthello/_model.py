@@ -104,7 +104,7 @@ class ClientHello:
     raw: bytes = field(repr=False)
     sslv2: bool = False
     # The extensions as (type, data, offset) and the decoded values of the known
-    # ones (in _TYPED order). Kept as plain tuples because building a dozen objects
+    # ones (in TYPED_FIELDS order). Kept as plain tuples because building a dozen objects
     # per hello is most of the cost of a parse; the properties below present them.
     _extension_tuples: tuple[tuple[int, bytes, int], ...] = field(default=(), repr=False)
     _typed: tuple[Any, ...] = field(default=(), repr=False)

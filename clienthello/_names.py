@@ -51,8 +51,6 @@ def signature_scheme_name(value: int) -> str:
 
 def version_name(value: int) -> str:
     """A protocol version's name, e.g. ``TLS 1.3``."""
-    if value == 0x0002:
-        return "SSL 2.0"
     return _lookup("VERSIONS", value)
 
 
