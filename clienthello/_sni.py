@@ -27,7 +27,8 @@ _u16x2 = struct.Struct("!HH").unpack_from
 _u16_u8_u16 = struct.Struct("!HBH").unpack_from
 # content type, version major, (minor), record length, handshake type, length (24 bits)
 _headers = struct.Struct("!BBxHBBH").unpack_from
-_HOSTNAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
+# The bytes of a plain host name (RFC 1123 labels; "_" as DNS allows in practice).
+_HOSTNAME_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._"
 
 
 def sni(data: Buffer) -> str | None:
@@ -267,6 +268,15 @@ def decode_server_name(
     if not names:
         return "", (), ("no host_name",)
     first = names[0]
+    # The usual case, one plain host name, without building a list of problems.
+    if (
+        len(names) == 1
+        and first
+        and first.isascii()
+        and not first.translate(None, _HOSTNAME_CHARS)
+        and not first.endswith(b".")
+    ):
+        return first.decode("ascii"), (first,), ()
     problems = []
     if len(names) > 1:
         problems.append("multiple host_names")
@@ -274,7 +284,7 @@ def decode_server_name(
         problems.append("empty")
     elif not first.isascii():
         problems.append("non-ascii")
-    elif not _HOSTNAME_CHARS.issuperset(first):
+    elif first.translate(None, _HOSTNAME_CHARS):
         problems.append("invalid characters")
     if first.endswith(b"."):
         problems.append("trailing dot")
