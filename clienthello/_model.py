@@ -103,10 +103,11 @@ class ClientHello:
     legacy_compression_methods: bytes
     raw: bytes = field(repr=False)
     sslv2: bool = False
-    # The extensions as (type, data, offset) and the decoded values of the known
-    # ones (in TYPED_FIELDS order). Kept as plain tuples because building a dozen objects
-    # per hello is most of the cost of a parse; the properties below present them.
-    _extension_tuples: tuple[tuple[int, bytes, int], ...] = field(default=(), repr=False)
+    # The extensions as (type, offset in raw, data length) and the decoded values of
+    # the known ones (in TYPED_FIELDS order). Kept as plain tuples because building a
+    # dozen objects per hello is most of the cost of a parse; the properties below
+    # present them.
+    _extension_tuples: tuple[tuple[int, int, int], ...] = field(default=(), repr=False)
     _typed: tuple[Any, ...] = field(default=(), repr=False)
 
     def __repr__(self) -> str:
@@ -119,7 +120,11 @@ class ClientHello:
     @cached_property
     def extensions(self) -> tuple[Extension, ...]:
         """Every extension in wire order, GREASE and unknown types included."""
-        return tuple(map(Extension._make, self._extension_tuples))
+        raw = self.raw
+        return tuple(
+            Extension(ext_type, raw[offset + 4 : offset + 4 + length], offset)
+            for ext_type, offset, length in self._extension_tuples
+        )
 
     def _get(self, index: int) -> Any:
         typed = self._typed
@@ -192,9 +197,9 @@ class ClientHello:
 
     def extension(self, ext_type: int) -> Extension | None:
         """The first extension of ``ext_type``, or None."""
-        for ext in self._extension_tuples:
-            if ext[0] == ext_type:
-                return Extension._make(ext)
+        for ext in self.extensions:
+            if ext.type == ext_type:
+                return ext
         return None
 
     @property

@@ -161,12 +161,12 @@ def parse_body(raw: bytes) -> ClientHello:
 
 def _parse_extensions(
     raw: bytes, pos: int, end: int, typed: list[Any]
-) -> tuple[tuple[int, bytes, int], ...]:
+) -> tuple[tuple[int, int, int], ...]:
     """Walk the extensions block; fill ``typed`` (in TYPED_FIELDS order) on the way.
 
-    Returns (type, data, offset) for every extension, in wire order.
+    Returns (type, offset, data length) for every extension, in wire order.
     """
-    extensions: list[tuple[int, bytes, int]] = []
+    extensions: list[tuple[int, int, int]] = []
     append = extensions.append
     lists = _LIST_EXTENSIONS
     decoders = _DECODERS
@@ -184,7 +184,7 @@ def _parse_extensions(
         stop = body + ext_len
         if stop > end:
             raise _overrun(_ext_field(len(extensions), ext_type), ext_len, end - body, pos + 2)
-        append((ext_type, raw[body:stop], pos))
+        append((ext_type, pos, ext_len))
         simple = lists.get(ext_type)
         if simple is not None:
             # A vector of 8- or 16-bit values that fills the extension exactly: the
