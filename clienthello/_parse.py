@@ -25,7 +25,7 @@ from clienthello._record import (
     Handshake,
     read_handshake,
 )
-from clienthello._sni import decode_server_name, locate_fields
+from clienthello._sni import HOSTNAME_CHARS, decode_server_name, locate_fields
 from clienthello._sni import overrun as _overrun
 
 __all__ = ["parse", "parse_handshake", "parse_body"]
@@ -33,6 +33,8 @@ __all__ = ["parse", "parse_handshake", "parse_body"]
 _u16 = struct.Struct("!H").unpack_from
 _u16x2 = struct.Struct("!HH").unpack_from
 _unpack_from = struct.unpack_from
+_new_object = object.__new__
+_set_attribute = object.__setattr__
 
 # RFC 8446 §4.2 ExtensionType values decoded into typed fields.
 EXT_SERVER_NAME = 0
@@ -153,10 +155,21 @@ def parse_body(raw: bytes) -> ClientHello:
     extensions = _parse_extensions(raw, ext + 2, ext_end, typed)
     if typed[0] is not None:  # server_name decodes to (name, raw names, problems)
         typed[0:3] = typed[0]
-    return ClientHello(
-        legacy_version, random, legacy_session_id, cipher_suites,
-        legacy_compression_methods, raw, False, extensions, tuple(typed),
-    )  # fmt: skip
+    # Built without the dataclass __init__, whose frozen field-by-field setattr costs
+    # as much as all the extensions' decoding; the instance is the same.
+    hello = _new_object(ClientHello)
+    _set_attribute(hello, "__dict__", {
+        "legacy_version": legacy_version,
+        "random": random,
+        "legacy_session_id": legacy_session_id,
+        "cipher_suites": cipher_suites,
+        "legacy_compression_methods": legacy_compression_methods,
+        "raw": raw,
+        "sslv2": False,
+        "_extension_tuples": extensions,
+        "_typed": tuple(typed),
+    })  # fmt: skip
+    return hello
 
 
 def _parse_extensions(
@@ -250,6 +263,19 @@ def _u16_vector(
 
 
 def _server_name(raw: bytes, start: int, end: int, index: int) -> object:
+    # The usual case: one plain ASCII host_name filling the list (as in sni()).
+    if end - start >= 5 and raw[start + 2] == 0:
+        list_len = (raw[start] << 8) | raw[start + 1]
+        name_len = (raw[start + 3] << 8) | raw[start + 4]
+        if list_len == end - start - 2 == name_len + 3:
+            name = raw[start + 5 : end]
+            if (
+                name
+                and name.isascii()
+                and not name.translate(None, HOSTNAME_CHARS)
+                and name[-1] != 0x2E  # "."
+            ):
+                return name.decode("ascii"), (name,), ()
     return decode_server_name(raw, start, end, index)
 
 

@@ -28,7 +28,7 @@ _u16_u8_u16 = struct.Struct("!HBH").unpack_from
 # content type, version major, (minor), record length, handshake type, length (24 bits)
 _headers = struct.Struct("!BBxHBBH").unpack_from
 # The bytes of a plain host name (RFC 1123 labels; "_" as DNS allows in practice).
-_HOSTNAME_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._"
+HOSTNAME_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._"
 
 
 def sni(data: Buffer) -> str | None:
@@ -273,7 +273,7 @@ def decode_server_name(
         len(names) == 1
         and first
         and first.isascii()
-        and not first.translate(None, _HOSTNAME_CHARS)
+        and not first.translate(None, HOSTNAME_CHARS)
         and not first.endswith(b".")
     ):
         return first.decode("ascii"), (first,), ()
@@ -284,7 +284,7 @@ def decode_server_name(
         problems.append("empty")
     elif not first.isascii():
         problems.append("non-ascii")
-    elif first.translate(None, _HOSTNAME_CHARS):
+    elif first.translate(None, HOSTNAME_CHARS):
         problems.append("invalid characters")
     if first.endswith(b"."):
         problems.append("trailing dot")
