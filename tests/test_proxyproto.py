@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from sniinspect.proxyproto import (
     V2_SIGNATURE,
     ProxyHeaderParser,
