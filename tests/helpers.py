@@ -488,3 +488,26 @@ def set_u16(data: bytes, offset: int, value: int) -> bytes:
 
 def set_u24(data: bytes, offset: int, value: int) -> bytes:
     return data[:offset] + value.to_bytes(3, "big") + data[offset + 3 :]
+
+
+def self_signed_cert(folder: Path, *names: str) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for ``names`` (made by `openssl req`).
+
+    Returns:
+        (certificate path, private key path), both PEM, inside ``folder``.
+    """
+    import subprocess
+
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    san = ",".join(f"DNS:{name}" for name in names)
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+            "-subj", f"/CN={names[0]}", "-addext", f"subjectAltName={san}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return cert, key

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import self_signed_cert
 
 from sniinspect.config import build_config
 from sniinspect.proxyproto import ProxyHeaderParser, ProxyInfo, build_v1, build_v2
@@ -43,32 +44,7 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     folder = tmp_path_factory.mktemp("cert")
-    key, crt = folder / "key.pem", folder / "cert.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(crt),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test",
-            "-addext",
-            "subjectAltName=DNS:*.example.com,DNS:example.com",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    crt, key = self_signed_cert(folder, "test", "*.example.com", "example.com")
     return str(crt), str(key)
 
 
