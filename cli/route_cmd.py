@@ -115,7 +115,8 @@ One JSON line per connection goes to --log-file (default stderr)."""
 @click.option(
     "--relay",
     type=click.Choice(["auto", "splice", "copy"]),
-    help="How bytes are moved: splice (Linux zero-copy) or copy [auto].",
+    help="How bytes are moved: splice (Linux zero-copy), copy, or auto: copy until "
+    "bulk data flows, then splice [auto].",
 )
 @click.option("--workers", type=int, help="Processes sharing the ports (SO_REUSEPORT) [1].")
 @click.option("--metrics", metavar="ADDR:PORT", help="Serve Prometheus metrics here.")

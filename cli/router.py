@@ -61,6 +61,10 @@ CONTENT_TYPE_ALERT = 0x15
 # Bytes moved per splice/recv; 1 MiB pipes make bulk transfers cheap per system call.
 PIPE_SIZE = 1 << 20
 COPY_CHUNK = 1 << 18
+# relay = "auto" starts every direction with a small buffer and moves it to splice once
+# a read fills that buffer (bulk data is flowing), as HAProxy's splice-auto does: a
+# short exchange (a TLS handshake, an API call) then never pays for two 1 MiB pipes.
+AUTO_CHUNK = 1 << 14
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 HAVE_SPLICE = hasattr(os, "splice") and sys.platform.startswith("linux")
 # How long to keep reading (and discarding) after answering with an alert, so that the
@@ -852,6 +856,7 @@ class _Direction:
     """Bytes one way, src -> dst, with the kernel pipe (splice) or a buffer (copy)."""
 
     __slots__ = (
+        "auto",
         "buf",
         "count",
         "done",
@@ -866,11 +871,12 @@ class _Direction:
         "relay",
         "src",
         "start",
+        "upgradable",
         "view",
         "writing",
     )
 
-    def __init__(self, relay: _Relay, src: socket.socket, dst: socket.socket, splice: bool):
+    def __init__(self, relay: _Relay, src: socket.socket, dst: socket.socket, mode: str):
         self.relay = relay
         self.src = src.fileno()
         self.dst = dst.fileno()
@@ -885,13 +891,18 @@ class _Direction:
         self.buf: bytearray | None = None
         self.view: memoryview | None = None
         self.start = self.end = 0
-        if splice:
-            self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(self.pipe_w, F_SETPIPE_SZ, PIPE_SIZE)
+        self.upgradable = mode == "auto"  # may move to splice once bulk data shows
+        self.auto = False  # move to splice as soon as the buffer is drained
+        if mode == "splice":
+            self._open_pipe()
         else:
-            self.buf = bytearray(COPY_CHUNK)
+            self.buf = bytearray(COPY_CHUNK if mode == "copy" else AUTO_CHUNK)
             self.view = memoryview(self.buf)
+
+    def _open_pipe(self) -> None:
+        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.pipe_w, F_SETPIPE_SZ, PIPE_SIZE)
 
     def begin(self) -> None:
         self._want_read(True)
@@ -921,6 +932,8 @@ class _Direction:
             else:
                 assert self.view is not None
                 n = os.readv(self.src, [self.view])
+                if n == len(self.view) and self.upgradable:
+                    self.auto = True  # a full buffer: bulk data, splice from now on
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -964,6 +977,15 @@ class _Direction:
             self.held -= n
             self.count += n
             self.relay.last = self.relay.loop.time()
+        if self.auto and not self.eof:
+            # The buffer is empty, so bytes stay in order across the switch.
+            self.auto = self.upgradable = False
+            try:
+                self._open_pipe()
+            except OSError:  # out of descriptors: stay with the buffer
+                self.pipe_r = self.pipe_w = -1
+            else:
+                self.buf = self.view = None
         self._want_write(False)
         if self.eof:
             if not self.done:
@@ -998,7 +1020,9 @@ class _Relay:
         self.loop = loop
         self.client = client
         self.backend = backend
-        splice = HAVE_SPLICE and mode != "copy"
+        if not HAVE_SPLICE:
+            mode = "copy"
+        self.mode = mode if mode in ("splice", "copy") else "auto"
         self.finished = False
         self.error: str | None = None
         self.timed_out = False
@@ -1006,9 +1030,9 @@ class _Relay:
         self.idle = idle_timeout
         self.timer: asyncio.TimerHandle | None = None
         self.future: asyncio.Future[None] = loop.create_future()
-        self.up = _Direction(self, client, backend, splice)
+        self.up = _Direction(self, client, backend, self.mode)
         try:
-            self.down = _Direction(self, backend, client, splice)
+            self.down = _Direction(self, backend, client, self.mode)
         except OSError:
             self.up.stop()
             raise

@@ -669,7 +669,7 @@ def test_hello_over_the_size_limit(
 # ====================================================================== relaying
 
 
-@pytest.mark.parametrize("relay", ["splice", "copy"])
+@pytest.mark.parametrize("relay", ["auto", "splice", "copy"])
 def test_half_close_passes_through(
     make_router: Callable[..., RouterThread], servers: Callable[..., Server], relay: str
 ) -> None:
@@ -687,13 +687,24 @@ def test_half_close_passes_through(
     assert reply[32:] == answer
 
 
-@pytest.mark.parametrize(("relay", "uvloop"), [("splice", False), ("copy", True)])
+@pytest.mark.parametrize(("relay", "uvloop"), [("auto", True), ("splice", False), ("copy", True)])
 def test_100mb_each_way_sha256(
     make_router: Callable[..., RouterThread],
     servers: Callable[..., Server],
     relay: str,
     uvloop: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import sniinspect.router
+
+    pipes_opened = []
+    open_pipe = sniinspect.router._Direction._open_pipe
+
+    def counting_open_pipe(self: Any) -> None:
+        pipes_opened.append(self)
+        open_pipe(self)
+
+    monkeypatch.setattr(sniinspect.router._Direction, "_open_pipe", counting_open_pipe)
     size = 100 * 1024 * 1024
     blocks = [os.urandom(1 << 20) for _ in range(4)]
     hello = hello_bytes("bulk.example.com")
@@ -755,6 +766,26 @@ def test_100mb_each_way_sha256(
     line = rt.wait_log(1)[0]
     assert line["bytes_from_client"] == size + len(hello)
     assert line["bytes_to_client"] == size
+    # splice pipes: one per direction, from the start or once bulk data flowed (auto)
+    assert len(pipes_opened) == (0 if relay == "copy" else 2)
+
+
+def test_auto_relay_keeps_short_exchanges_off_splice(
+    make_router: Callable[..., RouterThread],
+    abc: dict[str, Server],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sniinspect.router
+
+    pipes_opened = []
+    monkeypatch.setattr(
+        sniinspect.router._Direction, "_open_pipe", lambda self: pipes_opened.append(self)
+    )
+    rt = make_router({"route": [route(["a.example.com"], abc["A"])], "relay": "auto"})
+    for _ in range(3):
+        assert tls_request(rt.port, "a.example.com") == b"A:ping"
+    rt.wait_log(3)
+    assert pipes_opened == []  # a TLS handshake and a short answer never fill the buffer
 
 
 def test_idle_timeout_closes_a_quiet_connection(
@@ -1188,7 +1219,7 @@ def test_odd_server_name_is_never_matched(
     assert tls_request(rt.port, "a.example.com.") == b"A:ping"  # a trailing dot is fine
 
 
-@pytest.mark.parametrize("relay", ["splice", "copy"])
+@pytest.mark.parametrize("relay", ["auto", "splice", "copy"])
 def test_answer_of_a_backend_that_closes_early_reaches_the_client(
     make_router: Callable[..., RouterThread], servers: Callable[..., Server], relay: str
 ) -> None:
