@@ -1074,7 +1074,7 @@ def start_profiler(
             "py-spy",
             "record",
             "--subprocesses",
-            "--native",  # uvloop and the kernel calls show up as C frames
+            "--nonblocking",
             "--rate",
             "400",
             "--format",

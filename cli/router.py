@@ -225,6 +225,7 @@ class _Conn:
     evicted: bool = False
     backend_sock: socket.socket | None = None
     relay: _Relay | None = field(default=None, repr=False)
+    hello: clienthello.ClientHello | None = field(default=None, repr=False)
 
 
 class Router:
@@ -608,7 +609,10 @@ class Router:
         self._unpend(conn)
         if hello is not None:
             self.metrics.hello_seconds.observe(rec.hello_ms / 1000)
-            self._describe(rec, hello)
+            # Only the name now; the rest of the log fields (JA4 among them) are
+            # worked out when the line is written, off the path to the backend.
+            rec.sni = hello.server_name
+            conn.hello = hello
         if reason == "client_closed":
             rec.outcome, rec.reason = "closed", reason
             return
@@ -746,11 +750,10 @@ class Router:
         rec.tls_versions = [
             clienthello.version_name(v) for v in versions if not clienthello.is_grease(v)
         ]
-        if self.config.connection_log:
-            try:
-                rec.ja4 = clienthello.ja4(hello)
-            except Exception:  # a fingerprint bug must not cost the connection
-                log.exception("ja4 failed")
+        try:
+            rec.ja4 = clienthello.ja4(hello)
+        except Exception:  # a fingerprint bug must not cost the connection
+            log.exception("ja4 failed")
 
     async def _answer_alert(self, conn: _Conn, alert: bytes) -> None:
         assert self._loop is not None
@@ -840,6 +843,8 @@ class Router:
             self.metrics.bytes.labels("to_client").inc(rec.bytes_to_client)
         if self._on_log is None and (self._log_stream is None or not self.config.connection_log):
             return
+        if conn.hello is not None:
+            self._describe(rec, conn.hello)
         line = rec.as_dict()
         if self._on_log is not None:
             self._on_log(line)
