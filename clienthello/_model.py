@@ -58,9 +58,10 @@ class Extension(NamedTuple):
     offset: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class EncryptedClientHello:
+class EncryptedClientHello(NamedTuple):
     """The encrypted_client_hello extension (0xfe0d, draft-ietf-tls-esni) as sent.
+
+    A named tuple, like `Extension`: immutable, and cheap to build per hello.
 
     Attributes:
         type: 0 for an outer ClientHello, 1 for an inner one.

@@ -144,7 +144,8 @@ def parse_body(raw: bytes) -> ClientHello:
     legacy_version = (raw[4] << 8) | raw[5]
     random = raw[6:38]
     legacy_session_id = raw[sid + 1 : cs]
-    cipher_suites = struct.unpack_from(f"!{(comp - cs - 2) >> 1}H", raw, cs + 2)
+    cs_len = comp - cs - 2
+    cipher_suites = (_U16_ARRAYS.get(cs_len) or _u16_array(cs_len))(raw, cs + 2)
     legacy_compression_methods = raw[comp + 1 : ext]
     if ext == end:
         return ClientHello(
@@ -181,8 +182,7 @@ def _parse_extensions(
     """
     extensions: list[tuple[int, int, int]] = []
     append = extensions.append
-    lists = _LIST_EXTENSIONS
-    decoders = _DECODERS
+    known = _KNOWN_EXTENSIONS
     defaults = _TYPED_DEFAULTS
     u16x2 = _u16x2
     while pos < end:
@@ -198,33 +198,39 @@ def _parse_extensions(
         if stop > end:
             raise _overrun(_ext_field(len(extensions), ext_type), ext_len, end - body, pos + 2)
         append((ext_type, pos, ext_len))
-        simple = lists.get(ext_type)
-        if simple is not None:
-            # A vector of 8- or 16-bit values that fills the extension exactly: the
-            # common case is decoded inline, anything else by the full decoder.
-            slot, prefix, width = simple
-            # Only the first of a repeated extension is decoded, as peers do.
-            if typed[slot] is defaults[slot]:
-                if prefix == 1 and ext_len >= 1:
-                    length = raw[body]
-                else:
-                    length = (raw[body] << 8) | raw[body + 1] if ext_len >= 2 else -1
-                if length >= 0 and length + prefix == ext_len and not length % width:
-                    typed[slot] = (
-                        tuple(raw[body + 1 : stop])
-                        if width == 1
-                        else _unpack_from(f"!{length >> 1}H", raw, body + prefix)
-                    )
-                else:
-                    typed[slot] = decoders[ext_type][1](raw, body, stop, len(extensions) - 1)
-        else:
-            decoder = decoders.get(ext_type)
-            if decoder is not None:
-                slot, decode = decoder
-                if typed[slot] is defaults[slot]:
-                    typed[slot] = decode(raw, body, stop, len(extensions) - 1)
+        entry = known.get(ext_type)
+        # Only the first of a repeated extension is decoded, as peers do.
+        if entry is not None and typed[entry[0]] is defaults[entry[0]]:
+            slot, prefix, width, decode = entry
+            # A vector of 8- or 16-bit values that fills the extension exactly is
+            # decoded inline; anything else (and every error) by its decoder.
+            if prefix == 2 and ext_len >= 2:
+                length = (raw[body] << 8) | raw[body + 1]
+            elif prefix == 1 and ext_len >= 1:
+                length = raw[body]
+            else:
+                length = -1
+            if length >= 0 and length + prefix == ext_len and not length % width:
+                typed[slot] = (
+                    tuple(raw[body + 1 : stop])
+                    if width == 1
+                    else (_U16_ARRAYS.get(length) or _u16_array(length))(raw, body + prefix)
+                )
+            else:
+                typed[slot] = decode(raw, body, stop, len(extensions) - 1)
         pos = stop
     return tuple(extensions)
+
+
+def _u16_array(size: int) -> Callable[[bytes, int], tuple[int, ...]]:
+    """An unpacker of ``size`` bytes of big-endian 16-bit values (cached while small)."""
+    unpack = struct.Struct(f"!{size >> 1}H").unpack_from
+    if size <= 512:  # the sizes real hellos use; a hostile one is not kept
+        _U16_ARRAYS[size] = unpack
+    return unpack
+
+
+_U16_ARRAYS: dict[int, Callable[[bytes, int], tuple[int, ...]]] = {}
 
 
 def _ext_field(index: int, ext_type: int) -> str:
@@ -369,41 +375,32 @@ def _encrypted_client_hello(raw: bytes, start: int, end: int, index: int) -> obj
     if pos + 7 + enc_len > end:
         raise _overrun(f"{_ext_field(index, ext)} enc", enc_len, end - pos - 7, pos + 5)
     payload = _vector(raw, pos + 7 + enc_len, end, index, ext, 2)
-    return EncryptedClientHello(
-        type=0,
-        kdf_id=kdf_id,
-        aead_id=aead_id,
-        config_id=config_id,
-        enc_length=enc_len,
-        payload_length=end - payload,
-    )
+    return EncryptedClientHello(0, kdf_id, aead_id, config_id, enc_len, end - payload)
 
 
 _Decoder = Callable[[bytes, int, int, int], object]
 
 _SLOT = {name: index for index, name in enumerate(TYPED_FIELDS)}
 
-# ExtensionType -> (slot in TYPED_FIELDS, length prefix size, value width) for plain vectors.
-_LIST_EXTENSIONS: dict[int, tuple[int, int, int]] = {
-    EXT_SUPPORTED_GROUPS: (_SLOT["supported_groups"], 2, 2),
-    EXT_SIGNATURE_ALGORITHMS: (_SLOT["signature_algorithms"], 2, 2),
-    EXT_SUPPORTED_VERSIONS: (_SLOT["supported_versions"], 1, 2),
-    EXT_EC_POINT_FORMATS: (_SLOT["ec_point_formats"], 1, 1),
-    EXT_PSK_KEY_EXCHANGE_MODES: (_SLOT["psk_key_exchange_modes"], 1, 1),
-}
-
-# ExtensionType -> (slot in TYPED_FIELDS, its decoder)
-_DECODERS: dict[int, tuple[int, _Decoder]] = {
-    EXT_SERVER_NAME: (_SLOT["server_name"], _server_name),
-    EXT_SUPPORTED_GROUPS: (_SLOT["supported_groups"], _supported_groups),
-    EXT_EC_POINT_FORMATS: (_SLOT["ec_point_formats"], _ec_point_formats),
-    EXT_SIGNATURE_ALGORITHMS: (_SLOT["signature_algorithms"], _signature_algorithms),
-    EXT_ALPN: (_SLOT["alpn_protocols"], _alpn),
-    EXT_PRE_SHARED_KEY: (_SLOT["has_pre_shared_key"], _pre_shared_key),
-    EXT_SUPPORTED_VERSIONS: (_SLOT["supported_versions"], _supported_versions),
-    EXT_PSK_KEY_EXCHANGE_MODES: (_SLOT["psk_key_exchange_modes"], _psk_key_exchange_modes),
-    EXT_KEY_SHARE: (_SLOT["key_share_groups"], _key_share),
-    EXT_ENCRYPTED_CLIENT_HELLO: (_SLOT["ech"], _encrypted_client_hello),
+# ExtensionType -> (slot in TYPED_FIELDS, length prefix of a plain vector or 0, value
+# width, decoder). Plain vectors of 8- or 16-bit values are decoded inline by
+# _parse_extensions; the decoder handles everything else, errors included.
+_KNOWN_EXTENSIONS: dict[int, tuple[int, int, int, _Decoder]] = {
+    EXT_SERVER_NAME: (_SLOT["server_name"], 0, 1, _server_name),
+    EXT_SUPPORTED_GROUPS: (_SLOT["supported_groups"], 2, 2, _supported_groups),
+    EXT_EC_POINT_FORMATS: (_SLOT["ec_point_formats"], 1, 1, _ec_point_formats),
+    EXT_SIGNATURE_ALGORITHMS: (_SLOT["signature_algorithms"], 2, 2, _signature_algorithms),
+    EXT_ALPN: (_SLOT["alpn_protocols"], 0, 1, _alpn),
+    EXT_PRE_SHARED_KEY: (_SLOT["has_pre_shared_key"], 0, 1, _pre_shared_key),
+    EXT_SUPPORTED_VERSIONS: (_SLOT["supported_versions"], 1, 2, _supported_versions),
+    EXT_PSK_KEY_EXCHANGE_MODES: (
+        _SLOT["psk_key_exchange_modes"],
+        1,
+        1,
+        _psk_key_exchange_modes,
+    ),
+    EXT_KEY_SHARE: (_SLOT["key_share_groups"], 0, 1, _key_share),
+    EXT_ENCRYPTED_CLIENT_HELLO: (_SLOT["ech"], 0, 1, _encrypted_client_hello),
 }
 
 
