@@ -185,23 +185,29 @@ def _parse_extensions(
     known = _KNOWN_EXTENSIONS
     defaults = _TYPED_DEFAULTS
     u16x2 = _u16x2
+    # ``end`` is also the end of ``raw`` (locate_fields saw to that), so a header
+    # cut short by it shows as struct.error rather than needing a check each time.
     while pos < end:
-        if pos + 4 > end:
+        try:
+            ext_type, ext_len = u16x2(raw, pos)
+        except struct.error:
             raise _fail(
                 f"extensions[{len(extensions)}]",
                 f"{end - pos} bytes left, a header needs 4",
                 pos,
-            )
-        ext_type, ext_len = u16x2(raw, pos)
+            ) from None
         body = pos + 4
         stop = body + ext_len
         if stop > end:
             raise _overrun(_ext_field(len(extensions), ext_type), ext_len, end - body, pos + 2)
         append((ext_type, pos, ext_len))
         entry = known.get(ext_type)
+        if entry is None:
+            pos = stop
+            continue
+        slot, prefix, width, decode = entry
         # Only the first of a repeated extension is decoded, as peers do.
-        if entry is not None and typed[entry[0]] is defaults[entry[0]]:
-            slot, prefix, width, decode = entry
+        if typed[slot] is defaults[slot]:
             # A vector of 8- or 16-bit values that fills the extension exactly is
             # decoded inline; anything else (and every error) by its decoder.
             if prefix == 2 and ext_len >= 2:
