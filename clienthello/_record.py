@@ -8,6 +8,7 @@ handshake bytes can be reported at its offset in the caller's bytes.
 
 from __future__ import annotations
 
+import struct
 from typing import TypeAlias
 
 from clienthello._errors import HelloTooLarge, MalformedHello, NeedMoreData, NotTLS
@@ -37,6 +38,10 @@ MAX_HELLO_LENGTH = 2 + 32 + 1 + 32 + 2 + 65534 + 1 + 255 + 2 + 65535
 # SSLv2 CLIENT-HELLO (RFC 5246 appendix E.2): msg_type, version, three lengths.
 SSL2_HEADER = 2
 SSL2_MIN_BODY = 9
+
+
+# content type, version major, (version minor), length
+_record_header = struct.Struct("!BBxH").unpack_from
 
 
 class Handshake:
@@ -135,28 +140,14 @@ def read_handshake(data: Buffer, max_size: int = MAX_HELLO_LENGTH + 4) -> Handsh
             if total >= 0:
                 needed = max(needed, total - have + RECORD_HEADER - (n - pos))
             raise NeedMoreData(needed)
-        ctype = data[pos]
-        if ctype != CONTENT_TYPE_HANDSHAKE:
-            raise MalformedHello(
-                f"record[{index}].type",
-                f"record type {ctype} inside a fragmented handshake message",
-                pos,
-            )
-        if data[pos + 1] != 3:
-            raise MalformedHello(
-                f"record[{index}].legacy_record_version",
-                f"version major {data[pos + 1]}, not 3",
-                pos + 1,
-            )
-        length = (data[pos + 3] << 8) | data[pos + 4]
-        if length == 0:
-            raise MalformedHello(f"record[{index}].length", "zero-length handshake record", pos + 3)
-        if length > MAX_RECORD_LENGTH:
-            raise MalformedHello(
-                f"record[{index}].length",
-                f"record length {length} exceeds {MAX_RECORD_LENGTH}",
-                pos + 3,
-            )
+        ctype, major, length = _record_header(data, pos)
+        if (
+            ctype != CONTENT_TYPE_HANDSHAKE
+            or major != 3
+            or length == 0
+            or length > MAX_RECORD_LENGTH
+        ):
+            raise _bad_record(ctype, major, length, pos, index)
         body = pos + RECORD_HEADER
         stop = min(n, body + length)
         spans.append((have, body))
@@ -180,6 +171,27 @@ def read_handshake(data: Buffer, max_size: int = MAX_HELLO_LENGTH + 4) -> Handsh
             raise NeedMoreData(needed)
         pos = body + length
         index += 1
+
+
+def _bad_record(ctype: int, major: int, length: int, pos: int, index: int) -> MalformedHello:
+    """The error for a record header that cannot continue a handshake message."""
+    if ctype != CONTENT_TYPE_HANDSHAKE:
+        return MalformedHello(
+            f"record[{index}].type",
+            f"record type {ctype} inside a fragmented handshake message",
+            pos,
+        )
+    if major != 3:
+        return MalformedHello(
+            f"record[{index}].legacy_record_version", f"version major {major}, not 3", pos + 1
+        )
+    if length == 0:
+        return MalformedHello(f"record[{index}].length", "zero-length handshake record", pos + 3)
+    return MalformedHello(
+        f"record[{index}].length",
+        f"record length {length} exceeds {MAX_RECORD_LENGTH}",
+        pos + 3,
+    )
 
 
 def _check_handshake_header(head: bytes, spans: list[tuple[int, int]], max_size: int) -> int:
