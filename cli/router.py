@@ -124,7 +124,9 @@ class ConnectionLog:
     time: float
     client: str
     listener: str
-    started: float
+    started: float  # loop.time(), for deadlines
+    clock: float  # time.perf_counter(), for the durations logged: uvloop's loop.time()
+    # only moves in whole milliseconds
     worker: int | None = None
     proxied_from: str | None = None
     sni: str | None = None
@@ -147,7 +149,7 @@ class ConnectionLog:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.time))
         out: dict[str, Any] = {"time": f"{stamp}.{int(self.time % 1 * 1000):03d}Z"}
         for key, value in self.__dict__.items():
-            if key in ("time", "started") or value is None:
+            if key in ("time", "started", "clock") or value is None:
                 continue
             out[key] = value
         return out
@@ -505,6 +507,7 @@ class Router:
             client=_fmt_addr(peer),
             listener=_fmt_addr(lst.address),
             started=self._loop.time(),
+            clock=time.perf_counter(),
             worker=self._worker,
         )
         conn = _Conn(sock, peer, lst, record)
@@ -604,7 +607,7 @@ class Router:
                 return
             first, proxy_dst = info
         hello, reason, data = await self._peek(conn, cfg, first, deadline)
-        rec.hello_ms = round((self._loop.time() - rec.started) * 1000, 3)
+        rec.hello_ms = round((time.perf_counter() - rec.clock) * 1000, 3)
         rec.bytes_from_client = len(data)
         self._unpend(conn)
         if hello is not None:
@@ -790,7 +793,7 @@ class Router:
         for index in order:
             backend = backends[index]
             label = str(backend)
-            t0 = self._loop.time()
+            t0 = time.perf_counter()
             try:
                 sock = await _dial(self._loop, backend, cfg.connect_timeout)
             except (OSError, _Timeout) as exc:
@@ -804,7 +807,7 @@ class Router:
             # The next connection starts after the one that answered, so a dead
             # backend does not double the share of the one listed after it.
             self._round_robin[route] = index + 1
-            elapsed = self._loop.time() - t0
+            elapsed = time.perf_counter() - t0
             self.metrics.connect_seconds.labels(label).observe(elapsed)
             rec.connect_ms = round(elapsed * 1000, 3)
             rec.backend = label
@@ -835,7 +838,7 @@ class Router:
     def _finish_log(self, conn: _Conn) -> None:
         rec = conn.record
         assert self._loop is not None
-        rec.duration_ms = round((self._loop.time() - rec.started) * 1000, 3)
+        rec.duration_ms = round((time.perf_counter() - rec.clock) * 1000, 3)
         self.metrics.connections.labels(rec.outcome, rec.reason or "").inc()
         if rec.bytes_from_client:
             self.metrics.bytes.labels("from_client").inc(rec.bytes_from_client)
