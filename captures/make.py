@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sniinspect.pcap import RECORD_KEYS
+
 HERE = Path(__file__).resolve().parent
 HELLOS = HERE / "hellos"
 BASE_TS = 1_700_000_000 * 10**9  # 2023-11-14T22:13:20Z, in nanoseconds
@@ -226,9 +228,7 @@ def pcapng_bytes(records: list[tuple[int, int, bytes]], linktypes: list[int]) ->
 
 
 # -- expected records -------------------------------------------------------------------
-def hello_record(
-    frames: list[Frame], conn: Conn, hello: bytes, end: int, link: Callable[[Frame], bytes] = ether
-) -> dict[str, Any]:
+def hello_record(frames: list[Frame], conn: Conn, hello: bytes, end: int) -> dict[str, Any]:
     """The expected record of ``hello``, which ends at client stream offset ``end``."""
     import clienthello
     from sniinspect.pcap import hello_fields
@@ -244,15 +244,7 @@ def hello_record(
                 break
             reach = max(reach, b)
         if reach >= end:
-            sec, ns = divmod(f.ts, 10**9)
-            rec = {
-                "ts": f"{sec}.{ns:09d}",
-                "src": conn.client,
-                "sport": conn.cport,
-                "dst": conn.server,
-                "dport": conn.sport,
-                "transport": "tcp",
-            }
+            rec = _connection_fields(conn, f.ts)
             fields = hello_fields(clienthello.parse(hello))
             rec.update({k: fields[k] for k in EXPECTED_KEYS if k in fields})
             rec["frame"] = number
@@ -260,29 +252,9 @@ def hello_record(
     raise ValueError("hello never completes")
 
 
-EXPECTED_KEYS = (
-    "ts",
-    "src",
-    "sport",
-    "dst",
-    "dport",
-    "transport",
-    "sni",
-    "alpn",
-    "versions",
-    "ciphers",
-    "extensions",
-    "groups",
-    "sig_algs",
-    "ja3",
-    "ja4",
-    "error",
-    "frame",
-)
-
-
-def error_record(frames: list[Frame], conn: Conn, number: int, error: str) -> dict[str, Any]:
-    sec, ns = divmod(frames[number - 1].ts, 10**9)
+def _connection_fields(conn: Conn, ts: int) -> dict[str, Any]:
+    """The keys every record starts with: time and the connection's two ends."""
+    sec, ns = divmod(ts, 10**9)
     return {
         "ts": f"{sec}.{ns:09d}",
         "src": conn.client,
@@ -290,6 +262,15 @@ def error_record(frames: list[Frame], conn: Conn, number: int, error: str) -> di
         "dst": conn.server,
         "dport": conn.sport,
         "transport": "tcp",
+    }
+
+
+EXPECTED_KEYS = (*RECORD_KEYS, "frame")
+
+
+def error_record(frames: list[Frame], conn: Conn, number: int, error: str) -> dict[str, Any]:
+    return {
+        **_connection_fields(conn, frames[number - 1].ts),
         "sni": None,
         "alpn": [],
         "versions": [],

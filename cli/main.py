@@ -89,8 +89,6 @@ def _read_input(source: str) -> bytes:
 
 def describe(hello: clienthello.ClientHello) -> dict[str, Any]:
     """Every field of a hello as plain JSON-ready values, with IANA names."""
-    names = clienthello
-
     def named(values: tuple[int, ...] | None, name: Any) -> list[dict[str, Any]] | None:
         if values is None:
             return None
@@ -99,15 +97,15 @@ def describe(hello: clienthello.ClientHello) -> dict[str, Any]:
     return {
         "legacy_version": {
             "value": hello.legacy_version,
-            "name": names.version_name(hello.legacy_version),
+            "name": clienthello.version_name(hello.legacy_version),
         },
         "sslv2": hello.sslv2,
         "random": hello.random.hex(),
         "legacy_session_id": hello.legacy_session_id.hex(),
-        "cipher_suites": named(hello.cipher_suites, names.cipher_suite_name),
+        "cipher_suites": named(hello.cipher_suites, clienthello.cipher_suite_name),
         "legacy_compression_methods": list(hello.legacy_compression_methods),
         "extensions": [
-            {"type": e.type, "name": names.extension_name(e.type), "length": len(e.data)}
+            {"type": e.type, "name": clienthello.extension_name(e.type), "length": len(e.data)}
             for e in hello.extensions
         ],
         "server_name": hello.server_name,
@@ -117,11 +115,11 @@ def describe(hello: clienthello.ClientHello) -> dict[str, Any]:
             if hello.alpn_protocols is None
             else [p.decode("utf-8", "backslashreplace") for p in hello.alpn_protocols]
         ),
-        "supported_versions": named(hello.supported_versions, names.version_name),
-        "supported_groups": named(hello.supported_groups, names.group_name),
-        "key_share_groups": named(hello.key_share_groups, names.group_name),
+        "supported_versions": named(hello.supported_versions, clienthello.version_name),
+        "supported_groups": named(hello.supported_groups, clienthello.group_name),
+        "key_share_groups": named(hello.key_share_groups, clienthello.group_name),
         "signature_algorithms": named(
-            hello.signature_algorithms, names.signature_scheme_name
+            hello.signature_algorithms, clienthello.signature_scheme_name
         ),
         "ec_point_formats": (
             None if hello.ec_point_formats is None else list(hello.ec_point_formats)

@@ -13,8 +13,14 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from clienthello._errors import MalformedHello, NeedMoreData, NotTLS
-from clienthello._model import _TYPED_DEFAULTS, TYPED_FIELDS, ClientHello, EncryptedClientHello
+from clienthello._errors import HelloTooLarge, MalformedHello, NeedMoreData, NotTLS
+from clienthello._model import (
+    _TYPED_DEFAULTS,
+    TYPED_FIELDS,
+    ClientHello,
+    EncryptedClientHello,
+    ExtensionType,
+)
 from clienthello._record import (
     CONTENT_TYPE_HANDSHAKE,
     HANDSHAKE_CLIENT_HELLO,
@@ -36,29 +42,18 @@ _unpack_from = struct.unpack_from
 _new_object = object.__new__
 _set_attribute = object.__setattr__
 
-# RFC 8446 §4.2 ExtensionType values decoded into typed fields.
-EXT_SERVER_NAME = 0
-EXT_SUPPORTED_GROUPS = 10
-EXT_EC_POINT_FORMATS = 11
-EXT_SIGNATURE_ALGORITHMS = 13
-EXT_ALPN = 16
-EXT_PRE_SHARED_KEY = 41
-EXT_SUPPORTED_VERSIONS = 43
-EXT_PSK_KEY_EXCHANGE_MODES = 45
-EXT_KEY_SHARE = 51
-EXT_ENCRYPTED_CLIENT_HELLO = 0xFE0D
 
 _EXTENSION_FIELDS = {
-    EXT_SERVER_NAME: "server_name",
-    EXT_SUPPORTED_GROUPS: "supported_groups",
-    EXT_EC_POINT_FORMATS: "ec_point_formats",
-    EXT_SIGNATURE_ALGORITHMS: "signature_algorithms",
-    EXT_ALPN: "application_layer_protocol_negotiation",
-    EXT_PRE_SHARED_KEY: "pre_shared_key",
-    EXT_SUPPORTED_VERSIONS: "supported_versions",
-    EXT_PSK_KEY_EXCHANGE_MODES: "psk_key_exchange_modes",
-    EXT_KEY_SHARE: "key_share",
-    EXT_ENCRYPTED_CLIENT_HELLO: "encrypted_client_hello",
+    ExtensionType.SERVER_NAME: "server_name",
+    ExtensionType.SUPPORTED_GROUPS: "supported_groups",
+    ExtensionType.EC_POINT_FORMATS: "ec_point_formats",
+    ExtensionType.SIGNATURE_ALGORITHMS: "signature_algorithms",
+    ExtensionType.ALPN: "application_layer_protocol_negotiation",
+    ExtensionType.PRE_SHARED_KEY: "pre_shared_key",
+    ExtensionType.SUPPORTED_VERSIONS: "supported_versions",
+    ExtensionType.PSK_KEY_EXCHANGE_MODES: "psk_key_exchange_modes",
+    ExtensionType.KEY_SHARE: "key_share",
+    ExtensionType.ENCRYPTED_CLIENT_HELLO: "encrypted_client_hello",
 }
 
 
@@ -108,8 +103,6 @@ def parse_handshake(data: Buffer) -> ClientHello:
         raise NeedMoreData(HANDSHAKE_HEADER - n)
     length = (data[1] << 16) | (data[2] << 8) | data[3]
     if length > MAX_HELLO_LENGTH:
-        from clienthello._errors import HelloTooLarge
-
         raise HelloTooLarge(
             "handshake.length",
             f"declared length {length} exceeds the limit of {MAX_HELLO_LENGTH}",
@@ -292,32 +285,34 @@ def _server_name(raw: bytes, start: int, end: int, index: int) -> object:
 
 
 def _supported_groups(raw: bytes, start: int, end: int, index: int) -> object:
-    return _u16_vector(raw, start, end, index, EXT_SUPPORTED_GROUPS, 2)
+    return _u16_vector(raw, start, end, index, ExtensionType.SUPPORTED_GROUPS, 2)
 
 
 def _signature_algorithms(raw: bytes, start: int, end: int, index: int) -> object:
-    return _u16_vector(raw, start, end, index, EXT_SIGNATURE_ALGORITHMS, 2)
+    return _u16_vector(raw, start, end, index, ExtensionType.SIGNATURE_ALGORITHMS, 2)
 
 
 def _supported_versions(raw: bytes, start: int, end: int, index: int) -> object:
-    return _u16_vector(raw, start, end, index, EXT_SUPPORTED_VERSIONS, 1)
+    return _u16_vector(raw, start, end, index, ExtensionType.SUPPORTED_VERSIONS, 1)
 
 
 def _ec_point_formats(raw: bytes, start: int, end: int, index: int) -> object:
-    return tuple(raw[_vector(raw, start, end, index, EXT_EC_POINT_FORMATS, 1) : end])
+    return tuple(raw[_vector(raw, start, end, index, ExtensionType.EC_POINT_FORMATS, 1) : end])
 
 
 def _psk_key_exchange_modes(raw: bytes, start: int, end: int, index: int) -> object:
-    return tuple(raw[_vector(raw, start, end, index, EXT_PSK_KEY_EXCHANGE_MODES, 1) : end])
+    return tuple(
+        raw[_vector(raw, start, end, index, ExtensionType.PSK_KEY_EXCHANGE_MODES, 1) : end]
+    )
 
 
 def _alpn(raw: bytes, start: int, end: int, index: int) -> object:
-    pos = _vector(raw, start, end, index, EXT_ALPN, 2)
+    pos = _vector(raw, start, end, index, ExtensionType.ALPN, 2)
     protocols: list[bytes] = []
     while pos < end:
         length = raw[pos]
         if pos + 1 + length > end:
-            field = f"{_ext_field(index, EXT_ALPN)} protocol[{len(protocols)}]"
+            field = f"{_ext_field(index, ExtensionType.ALPN)} protocol[{len(protocols)}]"
             raise _overrun(field, length, end - pos - 1, pos)
         protocols.append(raw[pos + 1 : pos + 1 + length])
         pos += 1 + length
@@ -325,15 +320,15 @@ def _alpn(raw: bytes, start: int, end: int, index: int) -> object:
 
 
 def _key_share(raw: bytes, start: int, end: int, index: int) -> object:
-    pos = _vector(raw, start, end, index, EXT_KEY_SHARE, 2)
+    pos = _vector(raw, start, end, index, ExtensionType.KEY_SHARE, 2)
     groups: list[int] = []
     while pos < end:
         if pos + 4 > end:
-            field = f"{_ext_field(index, EXT_KEY_SHARE)} entry[{len(groups)}]"
+            field = f"{_ext_field(index, ExtensionType.KEY_SHARE)} entry[{len(groups)}]"
             raise _fail(field, f"{end - pos} bytes left, an entry needs 4", pos)
         group, length = _u16x2(raw, pos)
         if pos + 4 + length > end:
-            field = f"{_ext_field(index, EXT_KEY_SHARE)} entry[{len(groups)}]"
+            field = f"{_ext_field(index, ExtensionType.KEY_SHARE)} entry[{len(groups)}]"
             raise _overrun(field, length, end - pos - 4, pos + 2)
         groups.append(group)
         pos += 4 + length
@@ -344,27 +339,29 @@ def _pre_shared_key(raw: bytes, start: int, end: int, index: int) -> object:
     # RFC 8446 §4.2.11: identities<7..2^16-1> then binders<33..2^16-1>, which
     # together fill the extension exactly.
     if start + 2 > end:
-        raise _fail(_ext_field(index, EXT_PRE_SHARED_KEY), "identities length missing", start)
+        raise _fail(
+            _ext_field(index, ExtensionType.PRE_SHARED_KEY), "identities length missing", start
+        )
     ids_len = _u16(raw, start)[0]
     ids_end = start + 2 + ids_len
     if ids_end > end:
-        field = f"{_ext_field(index, EXT_PRE_SHARED_KEY)} identities"
+        field = f"{_ext_field(index, ExtensionType.PRE_SHARED_KEY)} identities"
         raise _overrun(field, ids_len, end - start - 2, start)
     pos = start + 2
     while pos < ids_end:
         id_len = _u16(raw, pos)[0] if pos + 2 <= ids_end else -1
         if id_len < 0 or pos + 2 + id_len + 4 > ids_end:
-            field = f"{_ext_field(index, EXT_PRE_SHARED_KEY)} identities"
+            field = f"{_ext_field(index, ExtensionType.PRE_SHARED_KEY)} identities"
             raise _fail(field, "identity overruns the identities block", pos)
         pos += 2 + id_len + 4  # identity, obfuscated_ticket_age
-    _vector(raw, ids_end, end, index, EXT_PRE_SHARED_KEY, 2)  # binders
+    _vector(raw, ids_end, end, index, ExtensionType.PRE_SHARED_KEY, 2)  # binders
     return True
 
 
 def _encrypted_client_hello(raw: bytes, start: int, end: int, index: int) -> object:
     # draft-ietf-tls-esni §5: ECHClientHello { type; outer: cipher_suite, config_id,
     # enc<0..2^16-1>, payload<1..2^16-1>; inner: nothing more }
-    ext = EXT_ENCRYPTED_CLIENT_HELLO
+    ext = ExtensionType.ENCRYPTED_CLIENT_HELLO
     if start + 1 > end:
         raise _fail(_ext_field(index, ext), "type missing", start)
     ech_type = raw[start]
@@ -392,21 +389,26 @@ _SLOT = {name: index for index, name in enumerate(TYPED_FIELDS)}
 # width, decoder). Plain vectors of 8- or 16-bit values are decoded inline by
 # _parse_extensions; the decoder handles everything else, errors included.
 _KNOWN_EXTENSIONS: dict[int, tuple[int, int, int, _Decoder]] = {
-    EXT_SERVER_NAME: (_SLOT["server_name"], 0, 1, _server_name),
-    EXT_SUPPORTED_GROUPS: (_SLOT["supported_groups"], 2, 2, _supported_groups),
-    EXT_EC_POINT_FORMATS: (_SLOT["ec_point_formats"], 1, 1, _ec_point_formats),
-    EXT_SIGNATURE_ALGORITHMS: (_SLOT["signature_algorithms"], 2, 2, _signature_algorithms),
-    EXT_ALPN: (_SLOT["alpn_protocols"], 0, 1, _alpn),
-    EXT_PRE_SHARED_KEY: (_SLOT["has_pre_shared_key"], 0, 1, _pre_shared_key),
-    EXT_SUPPORTED_VERSIONS: (_SLOT["supported_versions"], 1, 2, _supported_versions),
-    EXT_PSK_KEY_EXCHANGE_MODES: (
+    ExtensionType.SERVER_NAME: (_SLOT["server_name"], 0, 1, _server_name),
+    ExtensionType.SUPPORTED_GROUPS: (_SLOT["supported_groups"], 2, 2, _supported_groups),
+    ExtensionType.EC_POINT_FORMATS: (_SLOT["ec_point_formats"], 1, 1, _ec_point_formats),
+    ExtensionType.SIGNATURE_ALGORITHMS: (
+        _SLOT["signature_algorithms"],
+        2,
+        2,
+        _signature_algorithms,
+    ),
+    ExtensionType.ALPN: (_SLOT["alpn_protocols"], 0, 1, _alpn),
+    ExtensionType.PRE_SHARED_KEY: (_SLOT["has_pre_shared_key"], 0, 1, _pre_shared_key),
+    ExtensionType.SUPPORTED_VERSIONS: (_SLOT["supported_versions"], 1, 2, _supported_versions),
+    ExtensionType.PSK_KEY_EXCHANGE_MODES: (
         _SLOT["psk_key_exchange_modes"],
         1,
         1,
         _psk_key_exchange_modes,
     ),
-    EXT_KEY_SHARE: (_SLOT["key_share_groups"], 0, 1, _key_share),
-    EXT_ENCRYPTED_CLIENT_HELLO: (_SLOT["ech"], 0, 1, _encrypted_client_hello),
+    ExtensionType.KEY_SHARE: (_SLOT["key_share_groups"], 0, 1, _key_share),
+    ExtensionType.ENCRYPTED_CLIENT_HELLO: (_SLOT["ech"], 0, 1, _encrypted_client_hello),
 }
 
 

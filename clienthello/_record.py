@@ -51,18 +51,16 @@ class Handshake:
         data: the handshake message (4-byte header + body), or for SSLv2 the
             CLIENT-HELLO message without its 2-byte record header.
         end: offset in the caller's bytes just past the record that completed it.
-        records: how many records carried it.
         sslv2: whether it came in an SSLv2-compatible record.
     """
 
-    __slots__ = ("_spans", "data", "end", "records", "sslv2")
+    __slots__ = ("_spans", "data", "end", "sslv2")
 
     def __init__(
         self, data: bytes, end: int, spans: list[tuple[int, int]], sslv2: bool = False
     ) -> None:
         self.data = data
         self.end = end
-        self.records = len(spans)
         self.sslv2 = sslv2
         self._spans = spans  # (offset in data, offset in the caller's bytes)
 
@@ -76,8 +74,8 @@ class Handshake:
         return base_caller + (offset - base_data)
 
 
-def _first_bytes(data: Buffer) -> None:
-    """Raise NotTLS if the first bytes (fewer than a record header) already rule TLS out."""
+def check_prefix(data: Buffer) -> None:
+    """Raise NotTLS if the first bytes of a stream already rule out a ClientHello."""
     n = len(data)
     if n >= 1:
         first = data[0]
@@ -120,13 +118,13 @@ def read_handshake(data: Buffer, max_size: int = MAX_HELLO_LENGTH + 4) -> Handsh
     """
     n = len(data)
     if n < RECORD_HEADER:
-        _first_bytes(data)
+        check_prefix(data)
         if n >= 1 and data[0] & 0x80:
             return _read_sslv2(data)
         raise NeedMoreData(RECORD_HEADER - n)
     if data[0] & 0x80:
         return _read_sslv2(data)
-    _first_bytes(data)
+    check_prefix(data)
 
     parts: list[bytes] = []
     spans: list[tuple[int, int]] = []
@@ -223,8 +221,3 @@ def _read_sslv2(data: Buffer) -> Handshake:
     if n < end:
         raise NeedMoreData(end - n)
     return Handshake(bytes(data[SSL2_HEADER:end]), end, [(0, SSL2_HEADER)], sslv2=True)
-
-
-def check_prefix(data: Buffer) -> None:
-    """Raise NotTLS if the first bytes of a stream already rule out a ClientHello."""
-    _first_bytes(data)

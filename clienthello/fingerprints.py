@@ -65,7 +65,7 @@ def _alpn_chars(hello: ClientHello) -> str:
     return hexed[0] + hexed[-1]
 
 
-def _ja4_parts(hello: ClientHello, transport: str) -> tuple[str, str, str, str]:
+def _ja4_parts(hello: ClientHello, transport: str) -> tuple[str, str, str]:
     try:
         proto = _JA4_TRANSPORTS[transport]
     except KeyError:
@@ -82,7 +82,7 @@ def _ja4_parts(hello: ClientHello, transport: str) -> tuple[str, str, str, str]:
     ext_part = ",".join(exts)
     if sigs:
         ext_part += "_" + ",".join(sigs)
-    return prefix, ",".join(ciphers), ext_part, ",".join(sigs)
+    return prefix, ",".join(ciphers), ext_part
 
 
 def _hash12(text: str) -> str:
@@ -100,11 +100,11 @@ def ja4(hello: ClientHello, transport: str = "tcp") -> str:
         hello: the ClientHello.
         transport: ``"tcp"``, ``"quic"`` or ``"dtls"`` (JA4's first character).
     """
-    prefix, ciphers, exts, _ = _ja4_parts(hello, transport)
+    prefix, ciphers, exts = _ja4_parts(hello, transport)
     return f"{prefix}_{_hash12(ciphers)}_{_hash12(exts)}"
 
 
 def ja4_r(hello: ClientHello, transport: str = "tcp") -> str:
     """JA4's raw form: the sorted lists the hashes of `ja4` are taken over."""
-    prefix, ciphers, exts, _ = _ja4_parts(hello, transport)
+    prefix, ciphers, exts = _ja4_parts(hello, transport)
     return f"{prefix}_{ciphers}_{exts}"
