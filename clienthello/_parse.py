@@ -33,6 +33,7 @@ from clienthello._record import (
 )
 from clienthello._sni import HOSTNAME_CHARS, decode_server_name, locate_fields
 from clienthello._sni import overrun as _overrun
+from clienthello._sslv2 import parse_sslv2
 
 __all__ = ["parse", "parse_handshake", "parse_body"]
 
@@ -117,7 +118,7 @@ def parse_handshake(data: Buffer) -> ClientHello:
 def _parse_joined(handshake: Handshake) -> ClientHello:
     try:
         if handshake.sslv2:
-            return _parse_sslv2(handshake.data)
+            return parse_sslv2(handshake.data)
         return parse_body(handshake.data)
     except MalformedHello as err:
         raise err.moved(handshake.caller_offset(err.offset)) from None
@@ -410,38 +411,3 @@ _KNOWN_EXTENSIONS: dict[int, tuple[int, int, int, _Decoder]] = {
     ExtensionType.KEY_SHARE: (_SLOT["key_share_groups"], 0, 1, _key_share),
     ExtensionType.ENCRYPTED_CLIENT_HELLO: (_SLOT["ech"], 0, 1, _encrypted_client_hello),
 }
-
-
-def _parse_sslv2(raw: bytes) -> ClientHello:
-    """An SSLv2 CLIENT-HELLO message (RFC 5246 appendix E.2), offsets from its type byte."""
-    end = len(raw)
-    if end < 9:
-        raise _fail("CLIENT-HELLO", f"{end} bytes, the header needs 9", 0)
-    version = _u16(raw, 1)[0]
-    spec_len, sid_len, challenge_len = struct.unpack_from("!HHH", raw, 3)
-    if spec_len % 3:
-        raise _fail("cipher_specs", f"length {spec_len} is not a multiple of 3", 3)
-    if sid_len > 32:
-        raise _fail("session_id", f"length {sid_len} exceeds 32", 5)
-    if not 16 <= challenge_len <= 32:
-        raise _fail("challenge", f"length {challenge_len}, not 16 to 32", 7)
-    need = 9 + spec_len + sid_len + challenge_len
-    if need > end:
-        raise _fail("CLIENT-HELLO", f"lengths add up to {need}, the record holds {end}", 3)
-    if need < end:
-        raise _fail("CLIENT-HELLO", f"{end - need} trailing bytes", need)
-    specs = raw[9 : 9 + spec_len]
-    cipher_suites = tuple(
-        (specs[i] << 16) | (specs[i + 1] << 8) | specs[i + 2] for i in range(0, spec_len, 3)
-    )
-    session_id = raw[9 + spec_len : 9 + spec_len + sid_len]
-    challenge = raw[9 + spec_len + sid_len : need]
-    return ClientHello(
-        legacy_version=version,
-        random=challenge.rjust(32, b"\x00"),  # RFC 5246 E.2: right-justified, zero-padded
-        legacy_session_id=session_id,
-        cipher_suites=cipher_suites,
-        legacy_compression_methods=b"\x00",
-        raw=raw,
-        sslv2=True,
-    )

@@ -19,6 +19,7 @@ from clienthello._record import (
     Buffer,
     read_handshake,
 )
+from clienthello._sslv2 import parse_sslv2
 
 __all__ = ["sni", "locate_fields", "decode_server_name"]
 
@@ -103,12 +104,10 @@ def _sni_checked(data: bytes) -> str | None:
         if hs_end <= rec_end <= n and rec_end <= 5 + MAX_RECORD_LENGTH:
             return _find(data, 9, hs_end)
     handshake = read_handshake(data)
-    if handshake.sslv2:
-        from clienthello._parse import parse
-
-        parse(data)  # SSLv2 has no extensions, but its framing is still checked
-        return None
     try:
+        if handshake.sslv2:
+            parse_sslv2(handshake.data)  # no extensions, but the framing is still checked
+            return None
         return _find(handshake.data, 4, len(handshake.data))
     except MalformedHello as err:
         raise err.moved(handshake.caller_offset(err.offset)) from None
