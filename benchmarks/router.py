@@ -86,7 +86,7 @@ ALL_TARGETS = ("direct", "haproxy", "haproxy-splice", "nginx", "sniproxy", "ours
 ALL_SECTIONS = ("conn", "ttfb", "bulk1", "bulk8")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_CHUNK = 1 << 20
-ROUTE_SHIM = "from sniinspect.route_cmd import route; route(prog_name='sniinspect route')"
+ROUTE_SHIM = "from sniinspect.route.command import route; route(prog_name='sniinspect route')"
 
 
 # ----------------------------------------------------------------------------- processes

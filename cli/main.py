@@ -18,7 +18,7 @@ _COMMANDS = {
     "hello": ("sniinspect.main", "hello", "Decode one ClientHello and print every field."),
     "pcap": ("sniinspect.pcap_cmd", "pcap", "Who asked for which host, from capture files."),
     "live": ("sniinspect.pcap_cmd", "live", "The same records from live traffic."),
-    "route": ("sniinspect.route_cmd", "route", "Route TLS connections by SNI, unterminated."),
+    "route": ("sniinspect.route.command", "route", "Route TLS connections by SNI, unterminated."),
 }
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sniinspect.config import (
+from sniinspect.route.config import (
     ALERTS,
     ConfigError,
     ListenerConfig,
@@ -16,7 +16,7 @@ from sniinspect.config import (
     parse_listen,
     parse_route,
 )
-from sniinspect.routes import Backend
+from sniinspect.route.table import Backend
 
 BASE: dict[str, Any] = {"listen": ["127.0.0.1:8443"], "default": "127.0.0.1:9000"}
 

@@ -1,4 +1,4 @@
-"""Tests for sniinspect.proxyproto: PROXY protocol v1/v2 building and strict parsing."""
+"""Tests for sniinspect.route.proxyproto: PROXY protocol v1/v2 building and strict parsing."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sniinspect.proxyproto import (
+from sniinspect.route.proxyproto import (
     V2_SIGNATURE,
     ProxyHeaderParser,
     ProxyInfo,

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from helpers import self_signed_cert
 
-from sniinspect.config import build_config
-from sniinspect.proxyproto import ProxyHeaderParser, ProxyInfo, build_v1, build_v2
+from sniinspect.route.config import build_config
+from sniinspect.route.proxyproto import ProxyHeaderParser, ProxyInfo, build_v1, build_v2
 from sniinspect.router import Router, alert_record
 
 HOST = "127.0.0.1"
@@ -695,16 +695,16 @@ def test_100mb_each_way_sha256(
     uvloop: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import sniinspect.router
+    import sniinspect.route.relay
 
     pipes_opened = []
-    open_pipe = sniinspect.router._Direction._open_pipe
+    open_pipe = sniinspect.route.relay.Direction._open_pipe
 
     def counting_open_pipe(self: Any) -> None:
         pipes_opened.append(self)
         open_pipe(self)
 
-    monkeypatch.setattr(sniinspect.router._Direction, "_open_pipe", counting_open_pipe)
+    monkeypatch.setattr(sniinspect.route.relay.Direction, "_open_pipe", counting_open_pipe)
     size = 100 * 1024 * 1024
     blocks = [os.urandom(1 << 20) for _ in range(4)]
     hello = hello_bytes("bulk.example.com")
@@ -775,11 +775,11 @@ def test_auto_relay_keeps_short_exchanges_off_splice(
     abc: dict[str, Server],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import sniinspect.router
+    import sniinspect.route.relay
 
     pipes_opened = []
     monkeypatch.setattr(
-        sniinspect.router._Direction, "_open_pipe", lambda self: pipes_opened.append(self)
+        sniinspect.route.relay.Direction, "_open_pipe", lambda self: pipes_opened.append(self)
     )
     rt = make_router({"route": [route(["a.example.com"], abc["A"])], "relay": "auto"})
     for _ in range(3):

@@ -29,13 +29,14 @@ from test_router import (
     tls_request,
 )
 
-from sniinspect.config import ConfigError  # noqa: F401  (the package must import)
+from sniinspect.route.config import ConfigError  # noqa: F401  (the package must import)
 
 # The command without depending on the lead's entry point being installed.
 COMMAND = [
     sys.executable,
     "-c",
-    "import sys; from sniinspect.route_cmd import route; sys.argv[0] = 'sniinspect route'; route()",
+    "import sys; from sniinspect.route.command import route; "
+    "sys.argv[0] = 'sniinspect route'; route()",
 ]
 
 

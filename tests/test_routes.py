@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sniinspect.routes import (
+from sniinspect.route.table import (
     Backend,
     ConfigError,
     Route,

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sniinspect.routes import (
+from sniinspect.route.table import (
     Backend,
     ConfigError,
     Route,

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from sniinspect.config import REASONS, ConfigError, RouterConfig, load_config
+from sniinspect.route.config import REASONS, ConfigError, RouterConfig, load_config
 
 __all__ = ["route"]
 
@@ -242,7 +242,7 @@ def _run_worker(
     worker: int | None = None,
 ) -> int:
     """Run one router in this process until SIGTERM/SIGINT; return the exit code."""
-    from sniinspect.router import Router
+    from sniinspect.route.server import Router
 
     loop = _new_loop()
     asyncio.set_event_loop(loop)

@@ -1,0 +1,268 @@
+"""The byte relay of one routed connection: both directions, copied or spliced, until done.
+
+After the peek the client and backend sockets are joined: ``os.splice`` moves bytes
+socket -> pipe -> socket without copying them into Python (Linux); elsewhere a
+recv_into/send loop does the same job. Either way a direction stops reading while its
+destination cannot take more (backpressure), an EOF is passed on as a half-close, and
+nothing is closed until both directions are done or the connection has been idle for
+``idle_timeout``. A reset is treated like an EOF once every byte read before it has been
+passed on (the log keeps the error), and a peer that can no longer be written to stops
+only its own direction: an answer it sent before closing still reaches the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import socket
+import sys
+
+from sniinspect.route.sockets import os_error
+
+__all__ = ["Relay", "Direction", "HAVE_SPLICE"]
+
+# Bytes moved per splice/recv; 1 MiB pipes make bulk transfers cheap per system call.
+PIPE_SIZE = 1 << 20
+COPY_CHUNK = 1 << 18
+# relay = "auto" starts every direction with a small buffer and moves it to splice once
+# a read fills that buffer (bulk data is flowing), as HAProxy's splice-auto does: a
+# short exchange (a TLS handshake, an API call) then never pays for two 1 MiB pipes.
+AUTO_CHUNK = 1 << 14
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+HAVE_SPLICE = hasattr(os, "splice") and sys.platform.startswith("linux")
+
+
+class Direction:
+    """Bytes one way, src -> dst, with the kernel pipe (splice) or a buffer (copy)."""
+
+    __slots__ = (
+        "auto",
+        "buf",
+        "count",
+        "done",
+        "dst",
+        "dst_sock",
+        "end",
+        "eof",
+        "held",
+        "pipe_r",
+        "pipe_w",
+        "reading",
+        "relay",
+        "src",
+        "start",
+        "upgradable",
+        "view",
+        "writing",
+    )
+
+    def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket, mode: str):
+        self.relay = relay
+        self.src = src.fileno()
+        self.dst = dst.fileno()
+        self.dst_sock = dst
+        self.count = 0
+        self.eof = False
+        self.done = False
+        self.reading = False
+        self.writing = False
+        self.pipe_r = self.pipe_w = -1
+        self.held = 0  # bytes in the pipe / buffer not yet written
+        self.buf: bytearray | None = None
+        self.view: memoryview | None = None
+        self.start = self.end = 0
+        self.upgradable = mode == "auto"  # may move to splice once bulk data shows
+        self.auto = False  # move to splice as soon as the buffer is drained
+        if mode == "splice":
+            self._open_pipe()
+        else:
+            self.buf = bytearray(COPY_CHUNK if mode == "copy" else AUTO_CHUNK)
+            self.view = memoryview(self.buf)
+
+    def _open_pipe(self) -> None:
+        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.pipe_w, F_SETPIPE_SZ, PIPE_SIZE)
+
+    def begin(self) -> None:
+        self._want_read(True)
+
+    def _want_read(self, on: bool) -> None:
+        loop = self.relay.loop
+        if on and not self.reading:
+            loop.add_reader(self.src, self.on_readable)
+        elif not on and self.reading:
+            loop.remove_reader(self.src)
+        self.reading = on
+
+    def _want_write(self, on: bool) -> None:
+        loop = self.relay.loop
+        if on and not self.writing:
+            loop.add_writer(self.dst, self.flush)
+        elif not on and self.writing:
+            loop.remove_writer(self.dst)
+        self.writing = on
+
+    def on_readable(self) -> None:
+        try:
+            if self.pipe_w >= 0:
+                n = os.splice(
+                    self.src, self.pipe_w, PIPE_SIZE, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+                )
+            else:
+                assert self.view is not None
+                n = os.readv(self.src, [self.view])
+                if n == len(self.view) and self.upgradable:
+                    self.auto = True  # a full buffer: bulk data, splice from now on
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # The source reset: pass on everything read from it before, then end this
+            # direction as at EOF. The error goes to the log.
+            self.relay.error = self.relay.error or os_error(exc)
+            n = 0
+        if n == 0:
+            self.eof = True
+            self._want_read(False)
+        else:
+            self.held += n
+            self.end = n
+            self.start = 0
+            self.relay.last = self.relay.loop.time()
+        self.flush()
+
+    def flush(self) -> None:
+        while self.held:
+            try:
+                if self.pipe_r >= 0:
+                    n = os.splice(
+                        self.pipe_r,
+                        self.dst,
+                        self.held,
+                        flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK,
+                    )
+                else:
+                    assert self.view is not None
+                    n = os.write(self.dst, self.view[self.start : self.end])
+                    self.start += n
+            except (BlockingIOError, InterruptedError):
+                # The destination is full: stop reading the source until it drains
+                # (backpressure), and wait for it to take more.
+                self._want_read(False)
+                self._want_write(True)
+                return
+            except OSError as exc:
+                self.relay.write_failed(self, exc)
+                return
+            self.held -= n
+            self.count += n
+            self.relay.last = self.relay.loop.time()
+        if self.auto and not self.eof:
+            # The buffer is empty, so bytes stay in order across the switch.
+            self.auto = self.upgradable = False
+            try:
+                self._open_pipe()
+            except OSError:  # out of descriptors: stay with the buffer
+                self.pipe_r = self.pipe_w = -1
+            else:
+                self.buf = self.view = None
+        self._want_write(False)
+        if self.eof:
+            if not self.done:
+                self.done = True
+                with contextlib.suppress(OSError):
+                    # Pass the half-close on: the other side may still answer.
+                    self.dst_sock.shutdown(socket.SHUT_WR)
+                self.relay.direction_done()
+        elif not self.reading and not self.relay.finished:
+            self._want_read(True)
+
+    def stop(self) -> None:
+        self._want_read(False)
+        self._want_write(False)
+        for fd in (self.pipe_r, self.pipe_w):
+            if fd >= 0:
+                os.close(fd)
+        self.pipe_r = self.pipe_w = -1
+
+
+class Relay:
+    """Both directions of one connection; `run` returns when both are done."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: socket.socket,
+        backend: socket.socket,
+        mode: str,
+        idle_timeout: float,
+    ) -> None:
+        self.loop = loop
+        self.client = client
+        self.backend = backend
+        if not HAVE_SPLICE:
+            mode = "copy"
+        self.mode = mode if mode in ("splice", "copy") else "auto"
+        self.finished = False
+        self.error: str | None = None
+        self.timed_out = False
+        self.last = loop.time()
+        self.idle = idle_timeout
+        self.timer: asyncio.TimerHandle | None = None
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.up = Direction(self, client, backend, self.mode)
+        try:
+            self.down = Direction(self, backend, client, self.mode)
+        except OSError:
+            self.up.stop()
+            raise
+
+    async def run(self) -> None:
+        self.up.begin()
+        self.down.begin()
+        if self.idle:
+            self.timer = self.loop.call_later(self.idle, self._check_idle)
+        await self.future
+
+    def _check_idle(self) -> None:
+        idle_for = self.loop.time() - self.last
+        if idle_for >= self.idle:
+            self.timed_out = True
+            self._finish()
+        else:
+            self.timer = self.loop.call_later(self.idle - idle_for, self._check_idle)
+
+    def direction_done(self) -> None:
+        if self.up.done and self.down.done:
+            self._finish()
+
+    def write_failed(self, direction: Direction, exc: OSError) -> None:
+        """The destination of ``direction`` is gone (EPIPE, reset): stop that direction.
+
+        The other direction goes on until its own end, so that an answer the peer sent
+        before closing (an HTTP 413 to an upload, a TLS alert) still reaches the client.
+        """
+        self.error = self.error or os_error(exc)
+        direction.held = 0
+        direction.eof = direction.done = True
+        direction._want_read(False)
+        direction._want_write(False)
+        self.direction_done()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.close()
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def close(self) -> None:
+        self.finished = True
+        self.up.stop()
+        self.down.stop()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
