@@ -302,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     if exe and probe.returncode == 0:
         ours_cmd = [exe]
     else:  # the `sniinspect` group is not installed (yet): call the command module directly
-        ours_cmd = [sys.executable, "-c", "import sys; from sniinspect.pcap_cmd import pcap; "
-                    "sys.argv[0] = 'sniinspect pcap'; pcap()"]  # fmt: skip
+        ours_cmd = [sys.executable, "-c", "import sys; from sniinspect.capture.command "
+                    "import pcap; sys.argv[0] = 'sniinspect pcap'; pcap()"]  # fmt: skip
     if not tshark:
         print("needs tshark (apt-get install tshark)", file=sys.stderr)
         return 2
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {tshark_version}.",
             f"Command: `python benchmarks/pcap.py --packets {args.packets} --hellos {args.hellos}`"
-            + ("" if len(ours_cmd) == 1 else " (sniinspect run as `python -c ...pcap_cmd.pcap()`)"),
+            + ("" if len(ours_cmd) == 1 else " (sniinspect run as `python -c ...command.pcap()`)"),
         ]
         table = "\n".join(lines) + "\n"
         print(table)

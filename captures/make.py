@@ -14,7 +14,7 @@ mid-record, a short snaplen).
 
 The expected records are derived from how each capture was built: which hello went
 over which connection, and which packet completes it; the hello fields come from
-``clienthello.parse`` of the stored bytes and ``sniinspect.pcap.hello_fields``. An
+``clienthello.parse`` of the stored bytes and ``sniinspect.capture.hello_fields``. An
 ``error`` value in an expected record is a prefix of the message the engine must give.
 """
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sniinspect.pcap import RECORD_KEYS
+from sniinspect.capture import RECORD_KEYS
 
 HERE = Path(__file__).resolve().parent
 HELLOS = HERE / "hellos"
@@ -231,7 +231,7 @@ def pcapng_bytes(records: list[tuple[int, int, bytes]], linktypes: list[int]) ->
 def hello_record(frames: list[Frame], conn: Conn, hello: bytes, end: int) -> dict[str, Any]:
     """The expected record of ``hello``, which ends at client stream offset ``end``."""
     import clienthello
-    from sniinspect.pcap import hello_fields
+    from sniinspect.capture import hello_fields
 
     have: list[tuple[int, int]] = []
     for number, f in enumerate(frames, 1):

@@ -16,8 +16,8 @@ import clienthello
 # `sniinspect pcap` does not pay for the router's imports and the other way round.
 _COMMANDS = {
     "hello": ("sniinspect.main", "hello", "Decode one ClientHello and print every field."),
-    "pcap": ("sniinspect.pcap_cmd", "pcap", "Who asked for which host, from capture files."),
-    "live": ("sniinspect.pcap_cmd", "live", "The same records from live traffic."),
+    "pcap": ("sniinspect.capture.command", "pcap", "Who asked for which host, from capture files."),
+    "live": ("sniinspect.capture.command", "live", "The same records from live traffic."),
     "route": ("sniinspect.route.command", "route", "Route TLS connections by SNI, unterminated."),
 }
 

@@ -1,7 +1,7 @@
 """Writing hello records: an aligned table for people, JSON Lines, JSON and CSV for programs.
 
 One `RecordWriter` serves every command that prints ClientHello records (``pcap``,
-``live``, and anything else producing dicts with the `sniinspect.pcap.RECORD_KEYS`):
+``live``, and anything else producing dicts with the `sniinspect.capture.RECORD_KEYS`):
 
     >>> w = RecordWriter(sys.stdout, "table")
     >>> for rec in records:
@@ -38,7 +38,7 @@ __all__ = [
 
 FORMATS: tuple[str, ...] = ("table", "jsonl", "json", "csv")
 
-# The machine-readable keys, in order (tshark's oracle names, see sniinspect.pcap).
+# The machine-readable keys, in order (tshark's oracle names, see sniinspect.capture).
 _KEYS: tuple[str, ...] = (
     "ts", "src", "sport", "dst", "dport", "transport", "sni", "alpn", "versions",
     "ciphers", "extensions", "groups", "sig_algs", "ja3", "ja4", "error",

@@ -1,4 +1,4 @@
-"""`sniinspect.pcap` against expected answers: our captures/ and the public corpus (tshark).
+"""`sniinspect.capture` against expected answers: our captures/ and the public corpus (tshark).
 
 - captures/*: every record of ``<capture>.expected.jsonl`` (made by captures/make.py from
   how the capture was built), and make.py reproduces every file byte for byte.
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sniinspect.pcap import Capture
+from sniinspect.capture import Capture
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURES = ROOT / "captures"

@@ -25,14 +25,14 @@ from pathlib import Path
 import pytest
 from helpers import self_signed_cert
 
-from sniinspect.pcap import Capture
+from sniinspect.capture import Capture
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0, reason="capture needs root"),
     pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl"),
 ]
 
-LIVE = [sys.executable, "-c", "from sniinspect.pcap_cmd import live; live()"]
+LIVE = [sys.executable, "-c", "from sniinspect.capture.command import live; live()"]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for sniinspect.pcap: reassembly, hello detection, link layers and file reading.
+"""Tests for sniinspect.capture: reassembly, hello detection, link layers and file reading.
 
 Hellos are real bytes from captures/hellos; frames are crafted with scapy or struct.
 """
@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import clienthello
-from sniinspect.pcap import (
+from sniinspect.capture import (
     RECORD_KEYS,
     Capture,
     CaptureError,
@@ -539,6 +539,18 @@ def test_iter_records_problems_list_and_raise(tmp_path: Path) -> None:
     assert [r.sni for r in recs] == ["python.test"] and len(problems) == 1
     with pytest.raises(CaptureError):
         list(iter_records(tmp_path / "missing.pcap"))
+
+
+def test_old_flat_name_still_imports(tmp_path: Path) -> None:
+    """`sniinspect.pcap` (before the engine became `sniinspect.capture`) re-exports it."""
+    from sniinspect.pcap import Capture as OldCapture
+    from sniinspect.pcap import HelloRecord as OldHelloRecord
+    from sniinspect.pcap import iter_records as old_iter_records
+
+    assert OldCapture is Capture and OldHelloRecord is HelloRecord
+    good = tmp_path / "good.pcap"
+    good.write_bytes(_pcap([_l3()]))
+    assert [r.sni for r in old_iter_records(good)] == ["python.test"]
 
 
 def test_benchmark_generator_small(tmp_path: Path) -> None:

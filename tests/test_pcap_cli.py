@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from sniinspect.capture import RECORD_KEYS, Capture
+from sniinspect.capture.command import pcap
 from sniinspect.output import RecordWriter, render_table, summarize
-from sniinspect.pcap import RECORD_KEYS, Capture
-from sniinspect.pcap_cmd import pcap
 
 CAPTURES = Path(__file__).resolve().parents[1] / "captures"
 ONE = CAPTURES / "one-segment.pcap"
@@ -250,7 +250,7 @@ def test_subprocess_usage_error_exit_2() -> None:
 def test_stdin_prints_records_as_they_arrive() -> None:
     """With ``-``, a record is printed while the input is still open (as from tcpdump -w -)."""
     # The command module itself, so this runs whether or not the group is installed.
-    cmd = [sys.executable, "-c", "from sniinspect.pcap_cmd import pcap; pcap()"]
+    cmd = [sys.executable, "-c", "from sniinspect.capture.command import pcap; pcap()"]
     data = ONE.read_bytes()
     proc = subprocess.Popen(
         [*cmd, "--format", "jsonl", "-"],

@@ -1,7 +1,8 @@
 """The ``sniinspect pcap`` and ``sniinspect live`` commands: options, filters, output, exit codes.
 
-The work is done by `sniinspect.pcap` (reading, reassembly, hello records) and
-`sniinspect.output` (formatting); this module only wires them to the command line.
+The work is done by the capture engine (`sniinspect.capture`: reading, reassembly,
+hello records, live capture) and `sniinspect.output` (formatting); this module only
+wires them to the command line.
 Exit status: 0 all inputs read, 1 some input unreadable (or capture failed), 2 usage.
 """
 
@@ -18,8 +19,10 @@ from typing import Any, TextIO
 
 import click
 
+from sniinspect.capture.files import Capture
+from sniinspect.capture.live import iter_live, open_interface
+from sniinspect.capture.records import CaptureError, HelloRecord, Problem
 from sniinspect.output import FORMATS, RecordWriter, Summary, write_summary
-from sniinspect.pcap import Capture, CaptureError, FlowTable, HelloRecord, Limits, Problem
 
 __all__ = ["pcap", "live"]
 
@@ -221,69 +224,6 @@ def _quiet_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
-class _AnySocket:
-    """``-i any`` on Linux: one AF_PACKET datagram socket for every interface.
-
-    scapy's sniffer has no "any" pseudo-interface; libpcap's is a cooked socket that
-    strips the link layer, and so is this one: frames start at the IP header and the
-    capture filter is compiled for raw IP.
-    """
-
-    ETH_P_ALL = 0x0003
-    PACKET_OUTGOING = 4
-
-    def __init__(self, bpf: str | None) -> None:
-        import socket
-
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(self.ETH_P_ALL))
-        if bpf:
-            from scapy.arch.common import compile_filter
-            from scapy.data import DLT_RAW
-            from scapy.libs.structures import sock_fprog
-
-            prog = compile_filter(bpf, linktype=DLT_RAW)
-            so_attach_filter = 26  # <asm-generic/socket.h>
-            self.sock.setsockopt(
-                socket.SOL_SOCKET, so_attach_filter, sock_fprog(prog.bf_len, prog.bf_insns)
-            )
-            # Packets queued before the filter was attached did not go through it.
-            self.sock.setblocking(False)
-            try:
-                while self.sock.recv(65535):
-                    pass
-            except BlockingIOError:
-                pass
-            self.sock.setblocking(True)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def recv_raw(self) -> tuple[int | None, bytes, float | None]:
-        data, addr = self.sock.recvfrom(65535)
-        ifname, proto, pkttype = addr[0], addr[1], addr[2]
-        if pkttype == self.PACKET_OUTGOING and ifname == "lo":
-            return None, b"", None  # loopback shows each packet twice; keep the incoming copy
-        linktype = {0x0800: 228, 0x86DD: 229}.get(proto)
-        return linktype, data if linktype else b"", None
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _linktype_of(cls: Any) -> int:
-    """The DLT of frames a scapy socket hands out as ``cls`` (or a DLT already)."""
-    from scapy.config import conf
-
-    if isinstance(cls, int):
-        return cls
-
-    num = conf.l2types.layer2num.get(cls)
-    if num is not None:
-        return int(num)
-    name = getattr(cls, "__name__", "")
-    return {"IP": 228, "IPv6": 229, "CookedLinux": 113, "CookedLinuxV2": 276}.get(name, 1)
-
-
 @click.command("live")
 @click.option("-i", "--interface", required=True, metavar="IFACE", help="Interface to listen on.")
 @click.option(
@@ -323,37 +263,10 @@ def live(
     opened; 2 for usage errors.
     """
     try:
-        import scapy.arch  # sets conf.L2listen for this platform
-        import scapy.layers.l2  # noqa: F401 - registers the link types
-        from scapy.config import conf
-        from scapy.error import Scapy_Exception
-    except ImportError:
-        _fail("live capture needs scapy: pip install 'sniinspect[live]'")
+        sock = open_interface(interface, bpf or None)
+    except CaptureError as exc:
+        _fail(str(exc))
         sys.exit(1)
-    conf.verb = 0
-    try:
-        if interface == "any" and sys.platform.startswith("linux"):
-            sock: Any = _AnySocket(bpf or None)
-        else:
-            sock = conf.L2listen(iface=interface, filter=bpf or None)
-    except PermissionError:
-        _fail(f"cannot capture on {interface}: permission denied (run as root or with CAP_NET_RAW)")
-        sys.exit(1)
-    except (OSError, ValueError) as exc:
-        _fail(f"cannot capture on {interface}: {exc}")
-        sys.exit(1)
-    except Scapy_Exception as exc:  # unknown interface, bad filter expression
-        _fail(f"cannot capture on {interface}: {exc}")
-        sys.exit(1)
-
-    import select
-
-    # Frames queued between opening the socket and attaching the filter skipped it:
-    # drop them (bounded) before saying we listen, as libpcap does.
-    for _ in range(100_000):
-        if not select.select([sock], [], [], 0)[0]:
-            break
-        sock.recv_raw()
 
     def on_term(_sig: int, _frame: Any) -> None:
         raise KeyboardInterrupt
@@ -361,38 +274,22 @@ def live(
     signal.signal(signal.SIGTERM, on_term)
     # Said once the socket is open, like tcpdump, so scripts can wait for it.
     click.echo(f"listening on {interface} ({bpf or 'all packets'}); Ctrl-C to stop", err=True)
-    table = FlowTable(f"live:{interface}", Limits())
     writer = RecordWriter(sys.stdout, fmt, streaming=True)
     keep = _record_filter(snis, hosts)
     counts = Summary()
     seen = 0
-    frame = 0
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        while count is None or seen < count:
-            wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-            if wait <= 0:
+        for rec in iter_live(sock, f"live:{interface}", deadline=deadline):
+            if not keep(rec):
+                continue
+            seen += 1
+            if summary:
+                counts.add(rec)
+            else:
+                writer.write(rec)
+            if count is not None and seen >= count:
                 break
-            ready, _, _ = select.select([sock], [], [], wait)
-            if not ready:
-                continue
-            cls, data, ts = sock.recv_raw()
-            if not data:
-                continue
-            frame += 1
-            ts_ns = int((ts if ts is not None else time.time()) * 1e9)
-            table.packet(_linktype_of(cls), data, ts_ns, frame)
-            out, table.out = table.out, []
-            for rec in out:
-                if not keep(rec):
-                    continue
-                seen += 1
-                if summary:
-                    counts.add(rec)
-                else:
-                    writer.write(rec)
-                if count is not None and seen >= count:
-                    break
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:
