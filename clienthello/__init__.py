@@ -5,6 +5,9 @@
     >>> hello = clienthello.parse(data)  # every field, as a frozen ClientHello
     >>> reader = clienthello.Reader()    # for bytes that arrive in pieces
     >>> reader.feed(chunk)               # None until the hello is complete
+    >>> dtls = clienthello.DtlsReader()  # DTLS: feed the client's datagrams
+    >>> dtls.feed(datagram)              # a DtlsClientHello once one is complete
+    >>> clienthello.parse(cut, partial=True)  # what a cut or faulty hello holds
 
 Every failure is a `ClientHelloError`: `NeedMoreData`, `NotTLS`, `MalformedHello`
 (and its subclass `HelloTooLarge`).
@@ -35,6 +38,8 @@ from clienthello._names import (
 from clienthello._parse import parse, parse_handshake
 from clienthello._reader import Reader
 from clienthello._sni import sni
+from clienthello._transport_parameters import PreferredAddress, TransportParameter
+from clienthello.dtls import DtlsClientHello, DtlsReader, parse_dtls_handshake
 from clienthello.fingerprints import ja3, ja3_string, ja4, ja4_r
 
 __all__ = [
@@ -43,10 +48,15 @@ __all__ = [
     "parse_handshake",
     "sni",
     "Reader",
+    "DtlsReader",
+    "DtlsClientHello",
+    "parse_dtls_handshake",
     # model
     "ClientHello",
     "Extension",
     "EncryptedClientHello",
+    "TransportParameter",
+    "PreferredAddress",
     "ExtensionType",
     "GREASE_VALUES",
     "is_grease",

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple, cast
 
+from clienthello._errors import ClientHelloError
+from clienthello._transport_parameters import TransportParameter, split_transport_parameters
+
 __all__ = [
     "ClientHello",
     "Extension",
@@ -13,6 +16,7 @@ __all__ = [
     "GREASE_VALUES",
     "is_grease",
     "ExtensionType",
+    "version_order",
 ]
 
 # RFC 8701 §2: 0x0A0A, 0x1A1A, ..., 0xFAFA for 16-bit fields.
@@ -38,7 +42,22 @@ class ExtensionType:
     SUPPORTED_VERSIONS = 43
     PSK_KEY_EXCHANGE_MODES = 45
     KEY_SHARE = 51
+    QUIC_TRANSPORT_PARAMETERS = 0x39  # RFC 9001 §8.2
+    # The code point of QUIC drafts 27 to 34 (same varint encoding); old Chrome and
+    # curl send it next to 0x39.
+    QUIC_TRANSPORT_PARAMETERS_DRAFT = 0xFFA5
     ENCRYPTED_CLIENT_HELLO = 0xFE0D
+
+
+def version_order(version: int) -> int:
+    """A sort key that orders versions by protocol age, DTLS included.
+
+    DTLS versions count down (RFC 9147 §5.3: 1.0 is 0xfeff, 1.2 0xfefd, 1.3 0xfefc),
+    so they are mapped onto an increasing scale; TLS and SSL values are their own key.
+    """
+    if version >> 8 == 0xFE:
+        return 0x10000 + (0xFF - (version & 0xFF))
+    return version
 
 
 class Extension(NamedTuple):
@@ -110,13 +129,27 @@ class ClientHello:
     # present them.
     _extension_tuples: tuple[tuple[int, int, int], ...] = field(default=(), repr=False)
     _typed: tuple[Any, ...] = field(default=(), repr=False)
+    # The fields below keep their class defaults on the hot path (parse_body does not
+    # set them), so a TLS parse pays nothing for them.
+    cookie: bytes | None = field(default=None, repr=False)
+    complete: bool = True
+    error: ClientHelloError | None = field(default=None, compare=False)
+    missing: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
+        extra = ", dtls=True" if self.cookie is not None else ""
+        if not self.complete:
+            extra += f", complete=False, missing={list(self.missing)}"
         return (
             f"ClientHello(legacy_version=0x{self.legacy_version:04x}, "
             f"server_name={self.server_name!r}, cipher_suites={len(self.cipher_suites)}, "
-            f"extensions={list(self.extension_types)}, sslv2={self.sslv2})"
+            f"extensions={list(self.extension_types)}, sslv2={self.sslv2}{extra})"
         )
+
+    @property
+    def dtls(self) -> bool:
+        """Whether this is a DTLS ClientHello (it has a cookie field, maybe empty)."""
+        return self.cookie is not None
 
     @cached_property
     def extensions(self) -> tuple[Extension, ...]:
@@ -191,6 +224,46 @@ class ClientHello:
         """The encrypted_client_hello extension, None when absent."""
         return cast("EncryptedClientHello | None", self._get(11))
 
+    @cached_property
+    def quic_transport_parameters(self) -> tuple[TransportParameter, ...] | None:
+        """The quic_transport_parameters (RFC 9000 §18) in wire order, None if absent.
+
+        Read from extension 0x39, or from the draft code point 0xffa5 when 0x39 is
+        absent. Decoded on first access, not by `parse`; ``.decoded`` of each reads
+        its value (see `TransportParameter`).
+
+        Raises:
+            MalformedHello: an id or length varint is cut short or a value overruns
+                the extension; the offset is into ``raw``.
+        """
+        found = None
+        for index, (ext_type, offset, length) in enumerate(self._extension_tuples):
+            if ext_type == ExtensionType.QUIC_TRANSPORT_PARAMETERS:
+                found = (index, ext_type, offset, length)
+                break
+            if ext_type == ExtensionType.QUIC_TRANSPORT_PARAMETERS_DRAFT and found is None:
+                found = (index, ext_type, offset, length)
+        if found is None:
+            return None
+        index, ext_type, offset, length = found
+        name = "quic_transport_parameters" + ("" if ext_type == 0x39 else "_draft")
+        return split_transport_parameters(
+            self.raw, offset + 4, offset + 4 + length, f"extensions[{index}] {name}"
+        )
+
+    def quic_transport_parameter(self, param_id: int) -> TransportParameter | None:
+        """The first transport parameter with ``param_id``, or None."""
+        for param in self.quic_transport_parameters or ():
+            if param.id == param_id:
+                return param
+        return None
+
+    @property
+    def max_idle_timeout(self) -> int | None:
+        """max_idle_timeout in milliseconds (RFC 9000 §18.2), None if not sent."""
+        param = self.quic_transport_parameter(0x01)
+        return None if param is None else cast(int, param.decoded)
+
     @property
     def extension_types(self) -> tuple[int, ...]:
         """Extension types in wire order."""
@@ -230,11 +303,15 @@ class ClientHello:
 
     @property
     def max_version(self) -> int:
-        """The highest version offered, GREASE ignored (supported_versions if present)."""
+        """The highest version offered, GREASE ignored (supported_versions if present).
+
+        "Highest" by protocol, not by number: DTLS 1.3 (0xfefc) is above DTLS 1.2
+        (0xfefd), which is above DTLS 1.0 (0xfeff); see `version_order`.
+        """
         if self.supported_versions:
             real = [v for v in self.supported_versions if v not in GREASE_VALUES]
             if real:
-                return max(real)
+                return max(real, key=version_order)
         return self.legacy_version
 
 

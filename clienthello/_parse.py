@@ -13,7 +13,13 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from clienthello._errors import HelloTooLarge, MalformedHello, NeedMoreData, NotTLS
+from clienthello._errors import (
+    ClientHelloError,
+    HelloTooLarge,
+    MalformedHello,
+    NeedMoreData,
+    NotTLS,
+)
 from clienthello._model import (
     _TYPED_DEFAULTS,
     TYPED_FIELDS,
@@ -27,6 +33,7 @@ from clienthello._record import (
     HANDSHAKE_HEADER,
     MAX_HELLO_LENGTH,
     MAX_RECORD_LENGTH,
+    RECORD_HEADER,
     Buffer,
     Handshake,
     read_handshake,
@@ -35,7 +42,11 @@ from clienthello._sni import HOSTNAME_CHARS, decode_server_name, locate_fields
 from clienthello._sni import overrun as _overrun
 from clienthello._sslv2 import parse_sslv2
 
-__all__ = ["parse", "parse_handshake", "parse_body"]
+__all__ = ["parse", "parse_handshake", "parse_body", "parse_dtls_body", "DTLS_HANDSHAKE_HEADER"]
+
+# RFC 6347 §4.2.2: msg_type, length (24), message_seq (16), fragment_offset (24),
+# fragment_length (24).
+DTLS_HANDSHAKE_HEADER = 12
 
 _u16 = struct.Struct("!H").unpack_from
 _u16x2 = struct.Struct("!HH").unpack_from
@@ -54,17 +65,23 @@ _EXTENSION_FIELDS = {
     ExtensionType.SUPPORTED_VERSIONS: "supported_versions",
     ExtensionType.PSK_KEY_EXCHANGE_MODES: "psk_key_exchange_modes",
     ExtensionType.KEY_SHARE: "key_share",
+    ExtensionType.QUIC_TRANSPORT_PARAMETERS: "quic_transport_parameters",
+    ExtensionType.QUIC_TRANSPORT_PARAMETERS_DRAFT: "quic_transport_parameters_draft",
     ExtensionType.ENCRYPTED_CLIENT_HELLO: "encrypted_client_hello",
 }
 
 
-def parse(data: Buffer) -> ClientHello:
+def parse(data: Buffer, partial: bool = False) -> ClientHello:
     """Parse a ClientHello from TLS records.
 
     Args:
         data: bytes from the first record header on. A hello split across several
             records is reassembled; bytes after the hello are ignored. An
             SSLv2-compatible CLIENT-HELLO record is accepted too.
+        partial: instead of raising `NeedMoreData` or `MalformedHello`, return what
+            was read before the cut or the fault: a ClientHello with ``complete``
+            False, the error in ``error`` and the fields not read in ``missing``
+            (see `ClientHello`). `NotTLS` is raised all the same.
 
     Returns:
         The ClientHello, every field as sent.
@@ -75,44 +92,61 @@ def parse(data: Buffer) -> ClientHello:
         MalformedHello: a length or field is wrong; ``.offset`` is into ``data``.
         HelloTooLarge: the declared handshake length cannot be a ClientHello.
     """
-    n = len(data)
-    # One record holding the whole hello, the usual case: no joining needed.
-    if n > 9 and data[0] == CONTENT_TYPE_HANDSHAKE and data[1] == 3 and data[5] == 1:
-        rec_end = 5 + ((data[3] << 8) | data[4])
-        hs_end = 9 + ((data[6] << 16) | (data[7] << 8) | data[8])
-        if hs_end <= rec_end <= n and rec_end <= 5 + MAX_RECORD_LENGTH:
-            try:
-                return parse_body(bytes(data[5:hs_end]))
-            except MalformedHello as err:
-                raise err.moved(err.offset + 5) from None
-    return _parse_joined(read_handshake(data))
+    # The strict path is the whole body of the try; a partial parse only starts
+    # where it failed, so `partial` costs the strict path nothing.
+    try:
+        n = len(data)
+        # One record holding the whole hello, the usual case: no joining needed.
+        if n > 9 and data[0] == CONTENT_TYPE_HANDSHAKE and data[1] == 3 and data[5] == 1:
+            rec_end = 5 + ((data[3] << 8) | data[4])
+            hs_end = 9 + ((data[6] << 16) | (data[7] << 8) | data[8])
+            if hs_end <= rec_end <= n and rec_end <= 5 + MAX_RECORD_LENGTH:
+                try:
+                    return parse_body(bytes(data[5:hs_end]))
+                except MalformedHello as err:
+                    raise err.moved(err.offset + 5) from None
+        return _parse_joined(read_handshake(data))
+    except (NeedMoreData, MalformedHello) as err:
+        if not partial:
+            raise
+        return _partial_records(data, err)
 
 
-def parse_handshake(data: Buffer) -> ClientHello:
+def parse_handshake(data: Buffer, partial: bool = False) -> ClientHello:
     """Parse a ClientHello from a bare handshake message (type 1, 24-bit length, body).
 
-    For callers that removed the record layer themselves (QUIC CRYPTO frames, DTLS
-    reassembly, pcap tools). Bytes after the message are ignored.
+    For callers that removed the record layer themselves (QUIC CRYPTO frames, pcap
+    tools). Bytes after the message are ignored. For DTLS, whose handshake header
+    is 12 bytes, see `clienthello.dtls`.
+
+    Args:
+        data: the handshake message from its type byte.
+        partial: as for `parse`.
 
     Raises:
         NeedMoreData, NotTLS, MalformedHello, HelloTooLarge: as `parse`.
     """
-    n = len(data)
-    if n >= 1 and data[0] != HANDSHAKE_CLIENT_HELLO:
-        raise NotTLS(f"handshake type {data[0]}, not ClientHello (1)", 0)
-    if n < HANDSHAKE_HEADER:
-        raise NeedMoreData(HANDSHAKE_HEADER - n)
-    length = (data[1] << 16) | (data[2] << 8) | data[3]
-    if length > MAX_HELLO_LENGTH:
-        raise HelloTooLarge(
-            "handshake.length",
-            f"declared length {length} exceeds the limit of {MAX_HELLO_LENGTH}",
-            1,
-        )
-    total = HANDSHAKE_HEADER + length
-    if n < total:
-        raise NeedMoreData(total - n)
-    return _parse_joined(Handshake(bytes(data[:total]), total, [(0, 0)]))
+    try:
+        n = len(data)
+        if n >= 1 and data[0] != HANDSHAKE_CLIENT_HELLO:
+            raise NotTLS(f"handshake type {data[0]}, not ClientHello (1)", 0)
+        if n < HANDSHAKE_HEADER:
+            raise NeedMoreData(HANDSHAKE_HEADER - n)
+        length = (data[1] << 16) | (data[2] << 8) | data[3]
+        if length > MAX_HELLO_LENGTH:
+            raise HelloTooLarge(
+                "handshake.length",
+                f"declared length {length} exceeds the limit of {MAX_HELLO_LENGTH}",
+                1,
+            )
+        total = HANDSHAKE_HEADER + length
+        if n < total:
+            raise NeedMoreData(total - n)
+        return _parse_joined(Handshake(bytes(data[:total]), total, [(0, 0)]))
+    except (NeedMoreData, MalformedHello) as err:
+        if not partial:
+            raise
+        return parse_partial_body(bytes(data), HANDSHAKE_HEADER, err)
 
 
 def _parse_joined(handshake: Handshake) -> ClientHello:
@@ -165,6 +199,234 @@ def parse_body(raw: bytes) -> ClientHello:
         "_typed": tuple(typed),
     })  # fmt: skip
     return hello
+
+
+def parse_dtls_body(raw: bytes) -> ClientHello:
+    """Parse a complete DTLS ClientHello message, its 12-byte header included.
+
+    The body is TLS's with ``cookie<0..2^8-1>`` after legacy_session_id (RFC 6347
+    §4.2.1; RFC 9147 §5.3 keeps it as legacy_cookie). Offsets in errors count from
+    the start of ``raw``.
+    """
+    end = len(raw)
+    pos = DTLS_HANDSHAKE_HEADER
+    if pos + 35 > end:
+        raise _fail("legacy_version", f"body of {end - pos} bytes too short", pos)
+    sid = pos + 34
+    sid_len = raw[sid]
+    if sid_len > 32:
+        raise _fail("legacy_session_id", f"length {sid_len} exceeds 32", sid)
+    cookie = sid + 1 + sid_len
+    if cookie > end:
+        raise _overrun("legacy_session_id", sid_len, end - sid - 1, sid)
+    if cookie + 1 > end:
+        raise _fail("cookie", "length missing", cookie)
+    cs = cookie + 1 + raw[cookie]
+    if cs > end:
+        raise _overrun("cookie", raw[cookie], end - cookie - 1, cookie)
+    comp, ext, ext_end = _locate_tail(raw, cs, end)
+    cs_len = comp - cs - 2
+    typed = list(_TYPED_DEFAULTS)
+    extensions = _parse_extensions(raw, ext + 2, ext_end, typed) if ext < end else ()
+    if typed[0] is not None:
+        typed[0:3] = typed[0]
+    return ClientHello(
+        legacy_version=(raw[pos] << 8) | raw[pos + 1],
+        random=raw[pos + 2 : pos + 34],
+        legacy_session_id=raw[sid + 1 : cookie],
+        cipher_suites=(_U16_ARRAYS.get(cs_len) or _u16_array(cs_len))(raw, cs + 2),
+        legacy_compression_methods=raw[comp + 1 : ext],
+        raw=raw,
+        _extension_tuples=extensions,
+        _typed=tuple(typed) if extensions else (),
+        cookie=raw[cookie + 1 : cs],
+    )
+
+
+def _locate_tail(buf: bytes, cs: int, end: int) -> tuple[int, int, int]:
+    """`locate_fields` from cipher_suites on (for DTLS, where a cookie comes first).
+
+    Returns the offsets of legacy_compression_methods and of the extensions length,
+    and the end of the extensions block (both ``end`` without extensions).
+    """
+    if cs + 2 > end:
+        raise _fail("cipher_suites", "length missing", cs)
+    cs_len = _u16(buf, cs)[0]
+    if cs_len & 1:
+        raise _fail("cipher_suites", f"odd length {cs_len}", cs)
+    comp = cs + 2 + cs_len
+    if comp > end:
+        raise _overrun("cipher_suites", cs_len, end - cs - 2, cs)
+    if comp + 1 > end:
+        raise _fail("legacy_compression_methods", "length missing", comp)
+    ext = comp + 1 + buf[comp]
+    if ext > end:
+        raise _overrun("legacy_compression_methods", buf[comp], end - comp - 1, comp)
+    if ext == end:
+        return comp, end, end
+    if ext + 2 > end:
+        raise _fail("extensions", "1 trailing byte where the length should be", ext)
+    ext_len = _u16(buf, ext)[0]
+    ext_end = ext + 2 + ext_len
+    if ext_end > end:
+        raise _overrun("extensions", ext_len, end - ext - 2, ext)
+    if ext_end < end:
+        raise _fail("ClientHello", f"{end - ext_end} trailing bytes", ext_end)
+    return comp, ext, ext_end
+
+
+# --- the partial parse: every field read whole before a cut or a fault -------------
+
+# Field names in wire order, as ClientHello.missing lists them.
+_FIELDS_TLS = (
+    "legacy_version",
+    "random",
+    "legacy_session_id",
+    "cipher_suites",
+    "legacy_compression_methods",
+    "extensions",
+)
+_FIELDS_DTLS = (*_FIELDS_TLS[:3], "cookie", *_FIELDS_TLS[3:])
+
+
+def _partial_records(data: Buffer, error: ClientHelloError) -> ClientHello:
+    """Join what the records hold of the handshake message, then read it partially."""
+    n = len(data)
+    if n and data[0] & 0x80:  # SSLv2-compatible: too small to be worth a partial read
+        return ClientHello(
+            0, b"", b"", (), b"", bytes(data[2:]), sslv2=True,
+            complete=False, error=error, missing=_FIELDS_TLS,
+        )  # fmt: skip
+    parts: list[bytes] = []
+    pos = 0
+    # The same record checks as read_handshake; the first record that fails them,
+    # or the end of the input, ends what there is to read.
+    while pos + RECORD_HEADER <= n:
+        length = (data[pos + 3] << 8) | data[pos + 4]
+        if (
+            data[pos] != CONTENT_TYPE_HANDSHAKE
+            or data[pos + 1] != 3
+            or length == 0
+            or length > MAX_RECORD_LENGTH
+        ):
+            break
+        parts.append(bytes(data[pos + RECORD_HEADER : pos + RECORD_HEADER + length]))
+        pos += RECORD_HEADER + length
+    return parse_partial_body(b"".join(parts), HANDSHAKE_HEADER, error)
+
+
+def parse_partial_body(
+    raw: bytes, header: int, error: ClientHelloError, dtls: bool = False
+) -> ClientHello:
+    """Read every field of a cut or faulty handshake message that is there whole.
+
+    Args:
+        raw: the handshake message bytes available, from the type byte.
+        header: the handshake header's size (4 for TLS, 12 for DTLS).
+        error: what the strict parse raised; kept in ``ClientHello.error``.
+        dtls: whether the body has DTLS's cookie after legacy_session_id.
+
+    Returns:
+        A ClientHello with ``complete`` False (see its docstring for what a field
+        not read holds). A field is read only if it lies whole within both the
+        bytes available and the block its length says encloses it, and passes the
+        strict parse's checks; the first that does not ends the reading.
+    """
+    whole = False  # whether every byte the handshake header declares is there
+    if len(raw) >= 4:
+        declared = header + ((raw[1] << 16) | (raw[2] << 8) | raw[3])
+        whole = len(raw) >= declared
+        raw = raw[:declared]
+    end = len(raw)
+    missing = list(_FIELDS_DTLS if dtls else _FIELDS_TLS)
+    typed = list(_TYPED_DEFAULTS)
+    extensions: list[tuple[int, int, int]] = []
+    version, random, session_id = 0, b"", b""
+    cookie: bytes | None = b"" if dtls else None
+    suites: tuple[int, ...] = ()
+    compression = b""
+    pos = header
+    for _ in (1,):  # a block to break out of at the first field not there whole
+        if pos + 2 > end:
+            break
+        version = (raw[pos] << 8) | raw[pos + 1]
+        missing.remove("legacy_version")
+        if pos + 34 > end:
+            break
+        random = raw[pos + 2 : pos + 34]
+        missing.remove("random")
+        pos += 34
+        if pos + 1 > end or raw[pos] > 32 or pos + 1 + raw[pos] > end:
+            break
+        session_id = raw[pos + 1 : pos + 1 + raw[pos]]
+        missing.remove("legacy_session_id")
+        pos += 1 + raw[pos]
+        if dtls:
+            if pos + 1 > end or pos + 1 + raw[pos] > end:
+                break
+            cookie = raw[pos + 1 : pos + 1 + raw[pos]]
+            missing.remove("cookie")
+            pos += 1 + raw[pos]
+        if pos + 2 > end:
+            break
+        length = _u16(raw, pos)[0]
+        if length & 1 or pos + 2 + length > end:
+            break
+        suites = _u16_array(length)(raw, pos + 2)
+        missing.remove("cipher_suites")
+        pos += 2 + length
+        if pos + 1 > end or pos + 1 + raw[pos] > end:
+            break
+        compression = raw[pos + 1 : pos + 1 + raw[pos]]
+        missing.remove("legacy_compression_methods")
+        pos += 1 + raw[pos]
+        if pos == end:  # no extensions block, unless the bytes were cut right here
+            if whole:
+                missing.remove("extensions")
+            break
+        if pos + 2 > end:
+            break
+        block_end = pos + 2 + _u16(raw, pos)[0]
+        filled = _partial_extensions(raw, pos + 2, min(block_end, end), typed, extensions)
+        if filled and block_end <= end:
+            missing.remove("extensions")
+    if typed[0] is not None:
+        typed[0:3] = typed[0]
+    return ClientHello(
+        legacy_version=version,
+        random=random,
+        legacy_session_id=session_id,
+        cipher_suites=suites,
+        legacy_compression_methods=compression,
+        raw=raw,
+        _extension_tuples=tuple(extensions),
+        _typed=tuple(typed),
+        cookie=cookie,
+        complete=False,
+        error=error,
+        missing=tuple(missing),
+    )
+
+
+def _partial_extensions(
+    raw: bytes, pos: int, end: int, typed: list[Any], extensions: list[tuple[int, int, int]]
+) -> bool:
+    """Read extensions whole and valid from ``pos``; True if they fill ``end`` exactly."""
+    known = _KNOWN_EXTENSIONS
+    while pos + 4 <= end:
+        ext_type, ext_len = _u16x2(raw, pos)
+        stop = pos + 4 + ext_len
+        if stop > end:
+            return False
+        entry = known.get(ext_type)
+        if entry is not None and typed[entry[0]] is _TYPED_DEFAULTS[entry[0]]:
+            try:
+                typed[entry[0]] = entry[3](raw, pos + 4, stop, len(extensions))
+            except MalformedHello:
+                return False
+        extensions.append((ext_type, pos, ext_len))
+        pos = stop
+    return pos == end
 
 
 def _parse_extensions(

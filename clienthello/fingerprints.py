@@ -3,7 +3,10 @@
 JA3 follows salesforce/ja3 (and tshark's ``tls.handshake.ja3``): the decimal string
 ``SSLVersion,Ciphers,Extensions,EllipticCurves,EllipticCurvePointFormats`` with GREASE
 values removed, and its MD5. JA4 follows FoxIO's current specification
-(github.com/FoxIO-LLC/ja4, technical_details/JA4.md).
+(github.com/FoxIO-LLC/ja4, technical_details/JA4.md): its first character is the
+transport (``t`` TCP, ``q`` QUIC, ``d`` DTLS), and the version is the highest offered
+by protocol, so DTLS 1.3 (0xfefc, ``d3``) ranks above DTLS 1.2 (0xfefd, ``d2``) and
+DTLS 1.0 (0xfeff, ``d1``) though its number is lower.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ def ja3(hello: ClientHello) -> str:
 
 def ja4_version(hello: ClientHello) -> str:
     """JA4's two-character version: the highest non-GREASE supported_versions entry
-    if the extension is present, else legacy_version."""
+    if the extension is present, else legacy_version ("highest" by protocol, see
+    `ClientHello.max_version`)."""
     return _JA4_VERSIONS.get(hello.max_version, "00")
 
 
@@ -65,7 +69,9 @@ def _alpn_chars(hello: ClientHello) -> str:
     return hexed[0] + hexed[-1]
 
 
-def _ja4_parts(hello: ClientHello, transport: str) -> tuple[str, str, str]:
+def _ja4_parts(hello: ClientHello, transport: str | None) -> tuple[str, str, str]:
+    if transport is None:
+        transport = "dtls" if hello.dtls else "tcp"
     try:
         proto = _JA4_TRANSPORTS[transport]
     except KeyError:
@@ -93,18 +99,24 @@ def _hash12(text: str) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:12]
 
 
-def ja4(hello: ClientHello, transport: str = "tcp") -> str:
+def ja4(hello: ClientHello, transport: str | None = None) -> str:
     """The JA4 fingerprint, e.g. ``t13d1516h2_8daaf6152771_e5627efa2ab1``.
 
     Args:
         hello: the ClientHello.
-        transport: ``"tcp"``, ``"quic"`` or ``"dtls"`` (JA4's first character).
+        transport: ``"tcp"``, ``"quic"`` or ``"dtls"`` (JA4's first character:
+            ``t``, ``q``, ``d``). None (the default) means ``"dtls"`` for a DTLS hello
+            (`ClientHello.dtls`) and ``"tcp"`` otherwise; a hello from QUIC CRYPTO
+            frames looks like a TLS one, so pass ``"quic"`` for it.
+
+    Raises:
+        ValueError: ``transport`` is not one of the three.
     """
     prefix, ciphers, exts = _ja4_parts(hello, transport)
     return f"{prefix}_{_hash12(ciphers)}_{_hash12(exts)}"
 
 
-def ja4_r(hello: ClientHello, transport: str = "tcp") -> str:
+def ja4_r(hello: ClientHello, transport: str | None = None) -> str:
     """JA4's raw form: the sorted lists the hashes of `ja4` are taken over."""
     prefix, ciphers, exts = _ja4_parts(hello, transport)
     return f"{prefix}_{ciphers}_{exts}"
