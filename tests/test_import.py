@@ -61,6 +61,11 @@ def test_using_it_loads_no_io_modules() -> None:
     assert _banned(_probe()["use"]) == []
 
 
+# The one exception: QUIC's Initial keys need AES, so the QUIC modules use `cryptography`;
+# `import clienthello` does not load them (the probes above check that).
+QUIC_MODULES = {"quic.py", "_quic_crypto.py", "_quic_packet.py", "_quic_build.py"}
+
+
 def test_library_source_imports_only_the_standard_library() -> None:
     """A static check too, so a lazy import inside a rare branch is caught."""
     import ast
@@ -77,5 +82,19 @@ def test_library_source_imports_only_the_standard_library() -> None:
                 continue
             for name in names:
                 top = name.split(".")[0]
+                if top == "cryptography" and path.name in QUIC_MODULES:
+                    continue
                 assert top == "clienthello" or top in stdlib, f"{path.name}: imports {name}"
                 assert top not in BANNED, f"{path.name}: imports {name}"
+
+
+def test_only_the_quic_modules_import_cryptography() -> None:
+    """`clienthello.quic` loads `cryptography`; `import clienthello` alone does not."""
+    probe = (
+        "import sys, clienthello; a = 'cryptography' in sys.modules; "
+        "import clienthello.quic; print(a, 'cryptography' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", "True"]

@@ -1,0 +1,139 @@
+"""QUIC Initial packet protection: the key schedule and the AES ciphers (RFC 9001 §5).
+
+The one module of clienthello that imports `cryptography` (with `clienthello.quic`,
+which uses it). It knows nothing of the wire format: callers pass in the salt, the
+labels and the bytes to protect. HKDF-Extract is one HMAC-SHA256; HKDF-Expand-Label
+(RFC 8446 §7.1) is written out here, so that any `cryptography` from 3.4 on will do.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+__all__ = [
+    "hkdf_extract",
+    "hkdf_expand_label",
+    "PacketProtection",
+    "aead_tag",
+    "HASH_LENGTH",
+    "KEY_LENGTH",
+    "IV_LENGTH",
+    "SAMPLE_LENGTH",
+    "TAG_LENGTH",
+]
+
+# TLS_AES_128_GCM_SHA256 protects every Initial packet (RFC 9001 §5.2).
+HASH_LENGTH = 32
+KEY_LENGTH = 16
+IV_LENGTH = 12
+SAMPLE_LENGTH = 16  # RFC 9001 §5.4.2: AES-based header protection samples 16 bytes
+TAG_LENGTH = 16  # AEAD_AES_128_GCM's tag (RFC 5116 §5.1)
+# HKDF-Expand can give at most 255 hash blocks (RFC 5869 §2.3).
+_MAX_EXPAND = 255 * HASH_LENGTH
+
+
+def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
+    """HKDF-Extract with SHA-256 (RFC 5869 §2.2): the HMAC of ``ikm`` keyed by ``salt``."""
+    mac = hmac.HMAC(salt, hashes.SHA256())
+    mac.update(ikm)
+    return mac.finalize()
+
+
+def hkdf_expand_label(secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
+    """HKDF-Expand-Label (RFC 8446 §7.1) with SHA-256.
+
+    Args:
+        secret: the pseudorandom key, e.g. an Initial secret.
+        label: the label without its ``"tls13 "`` prefix, e.g. ``b"quic key"``.
+        context: the context (empty for every QUIC use).
+        length: how many bytes to derive (at most 8160).
+
+    Returns:
+        ``length`` bytes.
+
+    Raises:
+        ValueError: ``length`` or the label is out of range.
+    """
+    full_label = b"tls13 " + label
+    if not 0 <= length <= _MAX_EXPAND or len(full_label) > 255 or len(context) > 255:
+        raise ValueError("HKDF-Expand-Label argument out of range")
+    info = (
+        struct.pack("!HB", length, len(full_label)) + full_label + bytes([len(context)]) + context
+    )
+    out = b""
+    block = b""
+    counter = 1
+    while len(out) < length:  # at most 255 rounds, checked above
+        mac = hmac.HMAC(secret, hashes.SHA256())
+        mac.update(block + info + bytes([counter]))
+        block = mac.finalize()
+        out += block
+        counter += 1
+    return out[:length]
+
+
+class PacketProtection:
+    """The ciphers of one direction of one key phase: AES-128-GCM and the AES-ECB mask.
+
+    Built once per connection and direction; the `Cipher` and `AESGCM` objects are
+    made here and reused for every packet (making them costs more than using them).
+
+    Args:
+        key: the 16-byte AEAD key.
+        iv: the 12-byte AEAD IV; each packet's nonce is it XORed with the packet number.
+        hp: the 16-byte header protection key.
+    """
+
+    __slots__ = ("_aead", "_hp", "_iv", "hp", "iv", "key")
+
+    def __init__(self, key: bytes, iv: bytes, hp: bytes) -> None:
+        self.key = key
+        self.iv = iv
+        self.hp = hp
+        self._aead = AESGCM(key)
+        self._iv = int.from_bytes(iv, "big")
+        # ECB is what RFC 9001 §5.4.3 specifies: one block, the sample, per packet.
+        # The encryptor holds no state between whole blocks, so one serves all.
+        self._hp = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()
+
+    def mask(self, sample: bytes) -> bytes:
+        """The 5-byte header protection mask for a 16-byte ``sample`` (RFC 9001 §5.4.3)."""
+        return self._hp.update(sample)[:5]
+
+    def _nonce(self, packet_number: int) -> bytes:
+        return (self._iv ^ packet_number).to_bytes(IV_LENGTH, "big")
+
+    def decrypt(self, packet_number: int, header: bytes, ciphertext: bytes) -> bytes | None:
+        """Open one packet's payload (RFC 9001 §5.3).
+
+        Args:
+            packet_number: the full (decoded) packet number.
+            header: the unprotected header, the associated data.
+            ciphertext: the protected payload, its 16-byte tag at the end.
+
+        Returns:
+            The plaintext payload, or None when it does not authenticate.
+        """
+        if len(ciphertext) < TAG_LENGTH:
+            return None
+        try:
+            return self._aead.decrypt(self._nonce(packet_number), ciphertext, header)
+        except InvalidTag:
+            return None
+
+    def encrypt(self, packet_number: int, header: bytes, plaintext: bytes) -> bytes:
+        """Seal one packet's payload: the ciphertext with its 16-byte tag appended."""
+        return self._aead.encrypt(self._nonce(packet_number), plaintext, header)
+
+
+def aead_tag(key: bytes, nonce: bytes, associated_data: bytes) -> bytes:
+    """The AES-128-GCM tag over ``associated_data`` with an empty plaintext.
+
+    This is the Retry Integrity Tag's computation (RFC 9001 §5.8).
+    """
+    return AESGCM(key).encrypt(nonce, b"", associated_data)
