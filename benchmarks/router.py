@@ -23,6 +23,13 @@ Sections (``--sections``):
            one client thread scheduling by wall clock): from ``connect()`` to the first byte
            of the HTTP response, i.e. TCP connect + TLS handshake + request + response through
            the proxy. p50/p99 and the p99 added over ``direct``.
+``term``   TLS termination by SNI (certificates chosen by name, ECDSA P-256, TLS 1.3, no
+           resumption) in front of a plain HTTP backend (nginx, 1 worker): HAProxy ``bind ...
+           ssl crt DIR``, nginx ``http`` with one ``server_name`` + ``ssl_certificate`` block per
+           name, ours ``terminate = true`` with ``[tls] certificates = ["DIR/*.pem"]``; ``direct``
+           is nginx terminating TLS itself, the base for "added TTFB". Handshakes/s (closed loop
+           as ``conn``), the proxy's CPU per handshake, TTFB p50/p99 (open loop as ``ttfb``) and
+           MB/s of one 64 MB ``GET /bulk`` through the terminated route.
 ``bulk1``  MB/s of one bulk transfer, ``bulk8`` of 8 parallel ones. The client sends a real
            ClientHello (made by Python ``ssl`` for SNI ``bulk.example``) plus an 8-byte size
            request; a plain-TCP backend reads them and then ``sendfile()``s that many bytes
@@ -30,6 +37,14 @@ Sections (``--sections``):
            only peeks at the hello and then relays opaque bytes, so encryption would cost the
            same in every row and only hide the relay cost we want to compare. The client
            checks the byte count and reports MB/s = bytes / (connect .. EOF).
+``quic``   HTTP/3 through ``--listen-quic`` beside nginx's UDP ``stream`` proxy and direct
+           (in ``quic.py``: MB/s for 1 and 8 connections, handshakes/s, CPU per GB)
+``cpu``, ``curl1``, ``curl8``, ``calls``  (in ``router_cpu.py``): CPU µs per connection, user and
+           system, under h2load (``Connection: close``, full TLS 1.3 handshakes); ``curl`` TLS
+           downloads from nginx, one and 8 in parallel, with the ratio to HAProxy per round; and
+           Python calls per connection by cProfile, before (``--calls-before`` a source tree,
+           e.g. ``git worktree add /tmp/before HEAD~1``) and after. Target ``ours1-nolog`` is
+           ``ours1`` with ``--no-connection-log``.
 
 CPU seconds are read from ``/proc/PID/stat`` (utime+stime) of the proxy's whole process tree
 (nginx master + workers, our workers) before and after every section; peak memory is the sum of
@@ -79,11 +94,29 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import quic as quic_bench
+import router_cpu
+
 HOST = "127.0.0.1"
 TLS_NAME = "bench.example"
 BULK_NAME = "bulk.example"
-ALL_TARGETS = ("direct", "haproxy", "haproxy-splice", "nginx", "sniproxy", "ours1", "ours2")
-ALL_SECTIONS = ("conn", "ttfb", "bulk1", "bulk8")
+TERM_NAME = "term.example"
+TERM_BULK_NAME = "termbulk.example"
+ALL_TARGETS = (
+    "direct",
+    "haproxy",
+    "haproxy-splice",
+    "nginx",
+    "sniproxy",
+    "ours1",
+    "ours1-nolog",  # --no-connection-log: what the log line costs
+    "ours2",
+)
+TERM_TARGETS = ("direct", "haproxy", "nginx", "ours1", "ours2")
+# cpu, curl1, curl8 and calls are in router_cpu.py (CPU per connection, TLS downloads).
+ALL_SECTIONS = (
+    "conn", "ttfb", "bulk1", "bulk8", "term", "cpu", "curl1", "curl8", "calls", "quic",
+)  # fmt: skip
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_CHUNK = 1 << 20
 ROUTE_SHIM = "from sniinspect.route.command import route; route(prog_name='sniinspect route')"
@@ -233,8 +266,32 @@ def make_cert(tmp: Path) -> tuple[Path, Path]:
     return key, cert
 
 
-def start_tls_backend(procs: Processes, tmp: Path, port: int, key: Path, cert: Path) -> None:
-    """nginx http terminating TLS 1.3 and answering every request with a 3-byte body."""
+def make_term_certs(tmp: Path) -> Path:
+    """A folder of chain+key PEM files, one per terminated name (ECDSA P-256)."""
+    folder = tmp / "term-certs"
+    folder.mkdir()
+    for name in (TERM_NAME, TERM_BULK_NAME):
+        pem = folder / f"{name}.pem"
+        key = folder / f"{name}.key.tmp"
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                "ec_paramgen_curve:prime256v1", "-nodes", "-subj", f"/CN={name}", "-days", "2",
+                "-addext", f"subjectAltName=DNS:{name}", "-keyout", str(key), "-out", str(pem),
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        pem.write_bytes(pem.read_bytes() + key.read_bytes())
+        key.unlink()
+    return folder
+
+
+def start_tls_backend(
+    procs: Processes, tmp: Path, port: int, key: Path, cert: Path, plain_port: int = 0
+) -> None:
+    """nginx http terminating TLS 1.3 and answering every request with a 3-byte body; the
+    same over plain HTTP on ``plain_port`` (behind terminating proxies), and ``/bulk``."""
     d = tmp / "backend-nginx"
     d.mkdir()
     conf = d / "nginx.conf"
@@ -260,6 +317,15 @@ http {{
         ssl_session_tickets off;
         keepalive_timeout 0;
         location / {{ return 200 "ok\\n"; }}
+        location = /bulk {{ alias {tmp}/bulk.bin; }}
+        location = /big.bin {{ alias {tmp}/big.bin; }}
+    }}
+    server {{
+        listen {HOST}:{plain_port or free_port()} backlog=4096;
+        keepalive_timeout 0;
+        sendfile on;
+        location / {{ return 200 "ok\\n"; }}
+        location = /bulk {{ alias {tmp}/bulk.bin; }}
     }}
 }}
 """)
@@ -317,6 +383,9 @@ def start_bulk_backend(procs: Processes, tmp: Path, port: int) -> None:
     src = tmp / "bulk.bin"
     with open(src, "wb") as f:
         f.write(os.urandom(64 << 20))
+    # nginx workers (user nobody) serve it as /bulk to the termination section.
+    tmp.chmod(0o755)
+    src.chmod(0o644)
     proc = procs.start(
         [sys.executable, __file__, "--bulk-backend", str(port), str(src)],
         log=tmp / "bulk-backend.log",
@@ -337,6 +406,7 @@ class Target:
     peak_rss_mib: float | None = None
     note: str = ""
     bulk_port: int | None = None  # direct: the bulk backend is a different port
+    term_port: int | None = None  # where TLS is terminated (section "term")
     per_round: list[dict[str, object]] = field(default_factory=list)
 
     def port_for(self, section: str) -> int:
@@ -344,9 +414,26 @@ class Target:
 
 
 def start_haproxy(
-    procs: Processes, tmp: Path, port: int, tls: int, bulk: int, threads: int, splice: bool
+    procs: Processes,
+    tmp: Path,
+    port: int,
+    tls: int,
+    bulk: int,
+    threads: int,
+    splice: bool,
+    term: tuple[int, Path, int] | None = None,
 ) -> subprocess.Popen[bytes]:
     conf = tmp / "haproxy.cfg"
+    term_conf = ""
+    if term is not None:
+        term_port, certs, plain = term
+        term_conf = f"""
+frontend term
+    bind {HOST}:{term_port} ssl crt {certs} ssl-min-ver TLSv1.3
+    default_backend plain
+backend plain
+    server s1 {HOST}:{plain}
+"""
     conf.write_text(f"""
 global
     nbthread {threads}
@@ -367,16 +454,46 @@ backend tls
     server s1 {HOST}:{tls}
 backend bulk
     server s1 {HOST}:{bulk}
-""")
+{term_conf}""")
     proc = procs.start(["haproxy", "-db", "-f", str(conf)], log=tmp / "haproxy.log")
     wait_port(port, proc, "haproxy")
     return proc
 
 
 def start_nginx(
-    procs: Processes, tmp: Path, port: int, tls: int, bulk: int, workers: int
+    procs: Processes,
+    tmp: Path,
+    port: int,
+    tls: int,
+    bulk: int,
+    workers: int,
+    term: tuple[int, Path, int] | None = None,
 ) -> subprocess.Popen[bytes]:
     d = tmp / "nginx-stream"
+    http = ""
+    if term is not None:
+        term_port, certs, plain = term
+        blocks = "".join(
+            f"""
+    server {{
+        listen {HOST}:{term_port} ssl{" backlog=4096" if name == TERM_NAME else ""};
+        server_name {name};
+        ssl_certificate {certs}/{name}.pem;
+        ssl_certificate_key {certs}/{name}.pem;
+        ssl_protocols TLSv1.3;
+        location / {{ proxy_pass http://{HOST}:{plain}; proxy_buffering off; }}
+    }}"""
+            for name in (TERM_NAME, TERM_BULK_NAME)
+        )
+        http = f"""
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;{blocks}
+}}"""
     d.mkdir(exist_ok=True)
     module = "/usr/lib/nginx/modules/ngx_stream_module.so"
     load = f"load_module {module};" if Path(module).exists() else ""
@@ -400,6 +517,7 @@ stream {{
         proxy_pass $upstream;
     }}
 }}
+{http}
 """)
     proc = procs.start(
         ["nginx", "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")], log=d / "stdout.log"
@@ -434,7 +552,14 @@ table bench {{
 
 
 def start_ours(
-    procs: Processes, tmp: Path, port: int, tls: int, bulk: int, workers: int, extra: Sequence[str]
+    procs: Processes,
+    tmp: Path,
+    port: int,
+    tls: int,
+    bulk: int,
+    workers: int,
+    extra: Sequence[str],
+    term: tuple[Path, int] | None = None,
 ) -> subprocess.Popen[bytes]:
     exe = shutil.which("sniinspect")
     if exe and importlib.util.find_spec("sniinspect.main") is not None:
@@ -452,6 +577,15 @@ def start_ours(
         str(workers),
         *extra,
     ]
+    if term is not None:  # terminated names on the same listener, beside passthrough
+        certs, plain = term
+        conf = tmp / f"ours{workers}-term.toml"
+        conf.write_text(
+            f'[tls]\ncertificates = ["{certs}/*.pem"]\n[[route]]\n'
+            f'names = ["{TERM_NAME}", "{TERM_BULK_NAME}"]\nbackends = ["{HOST}:{plain}"]\n'
+            "terminate = true\n"
+        )
+        argv += ["--config", str(conf)]
     log = tmp / f"ours{workers}.log"
     proc = procs.start(argv, log=log)
     # The per-connection JSON log goes to the log file (stderr); it is part of our cost.
@@ -484,16 +618,13 @@ def client_context() -> ssl.SSLContext:
     return ctx
 
 
-REQUEST = f"GET / HTTP/1.0\r\nHost: {TLS_NAME}\r\n\r\n".encode()
-
-
-def one_tls_request(ctx: ssl.SSLContext, port: int) -> float:
+def one_tls_request(ctx: ssl.SSLContext, port: int, name: str = TLS_NAME) -> float:
     """Connect, handshake, GET, read to EOF. Returns seconds from connect() to first byte."""
     start = time.perf_counter()
     raw = socket.create_connection((HOST, port), timeout=10)
     try:
-        with ctx.wrap_socket(raw, server_hostname=TLS_NAME) as tls:
-            tls.sendall(REQUEST)
+        with ctx.wrap_socket(raw, server_hostname=name) as tls:
+            tls.sendall(f"GET / HTTP/1.0\r\nHost: {name}\r\n\r\n".encode())
             first = tls.recv(4096)
             ttfb = time.perf_counter() - start
             if not first.startswith(b"HTTP/1.1 200"):
@@ -506,7 +637,11 @@ def one_tls_request(ctx: ssl.SSLContext, port: int) -> float:
 
 
 def conn_worker(
-    port: int, duration: float, start_at: float, out: mp.Queue[tuple[int, int, float]]
+    port: int,
+    duration: float,
+    start_at: float,
+    out: mp.Queue[tuple[int, int, float]],
+    name: str = TLS_NAME,
 ) -> None:
     ctx = client_context()
     done = errors = 0
@@ -515,7 +650,7 @@ def conn_worker(
     deadline = time.monotonic() + duration
     while time.monotonic() < deadline:
         try:
-            one_tls_request(ctx, port)
+            one_tls_request(ctx, port, name)
             done += 1
         except (OSError, RuntimeError):
             errors += 1
@@ -523,12 +658,15 @@ def conn_worker(
     out.put((done, errors, usage.user + usage.system))
 
 
-def measure_conn(port: int, clients: int, duration: float) -> dict[str, object]:
+def measure_conn(
+    port: int, clients: int, duration: float, name: str = TLS_NAME
+) -> dict[str, object]:
     ctx = mp.get_context("fork")
     q: mp.Queue[tuple[int, int, float]] = ctx.Queue()
     start_at = time.time() + 0.3
     workers = [
-        ctx.Process(target=conn_worker, args=(port, duration, start_at, q)) for _ in range(clients)
+        ctx.Process(target=conn_worker, args=(port, duration, start_at, q, name))
+        for _ in range(clients)
     ]
     for w in workers:
         w.start()
@@ -548,7 +686,7 @@ def measure_conn(port: int, clients: int, duration: float) -> dict[str, object]:
     }
 
 
-def measure_ttfb(port: int, rate: float, count: int) -> dict[str, object]:
+def measure_ttfb(port: int, rate: float, count: int, name: str = TLS_NAME) -> dict[str, object]:
     ctx = client_context()
     samples: list[float] = []
     errors = late = 0
@@ -561,7 +699,7 @@ def measure_ttfb(port: int, rate: float, count: int) -> dict[str, object]:
         elif delay < -0.5 / rate:
             late += 1
         try:
-            samples.append(one_tls_request(ctx, port))
+            samples.append(one_tls_request(ctx, port, name))
         except (OSError, RuntimeError):
             errors += 1
     return {
@@ -636,6 +774,123 @@ def measure_bulk(port: int, streams: int, size: int) -> dict[str, object]:
         "bulk_streams": streams,
         "bulk_bytes": total,
     }
+
+
+def one_tls_bulk(port: int) -> tuple[int, float]:
+    """``GET /bulk`` (64 MB) over TLS through a terminating proxy; (body bytes, seconds)."""
+    buf = bytearray(PAGE_CHUNK)
+    view = memoryview(buf)
+    start = time.perf_counter()
+    raw = socket.create_connection((HOST, port), timeout=60)
+    got = 0
+    try:
+        with client_context().wrap_socket(raw, server_hostname=TERM_BULK_NAME) as tls:
+            tls.sendall(f"GET /bulk HTTP/1.0\r\nHost: {TERM_BULK_NAME}\r\n\r\n".encode())
+            while True:
+                try:
+                    n = tls.recv_into(view)
+                except ssl.SSLError:  # a ragged close after the body
+                    break
+                if not n:
+                    break
+                got += n
+    finally:
+        raw.close()
+    return got, time.perf_counter() - start
+
+
+def measure_term(t: Target, args: argparse.Namespace) -> tuple[dict[str, object], float]:
+    """Section "term": handshakes/s, CPU per handshake, TTFB and bulk through termination."""
+    port = t.term_port
+    assert port is not None
+    pid = t.proc.pid if t.proc else None
+    before = tree_cpu(pid) if pid else 0.0
+    conn = measure_conn(port, args.clients, args.duration, TERM_NAME)
+    hs_cpu = tree_cpu(pid) - before if pid else 0.0
+    ttfb = measure_ttfb(port, args.rate, args.ttfb_count, TERM_NAME)
+    before = tree_cpu(pid) if pid else 0.0
+    got, seconds = one_tls_bulk(port)
+    bulk_cpu = tree_cpu(pid) - before if pid else 0.0
+    total = int(conn["conn_total"])  # type: ignore[call-overload]
+    out: dict[str, object] = {
+        "term_hs_s": conn["conn_s"],
+        "term_hs_total": total,
+        "term_hs_errors": conn["conn_errors"],
+        "term_ttfb_p50_ms": ttfb.get("ttfb_p50_ms"),
+        "term_ttfb_p99_ms": ttfb.get("ttfb_p99_ms"),
+        "term_ttfb_errors": ttfb.get("ttfb_errors"),
+        "term_mb_s": got / seconds / 1e6,
+        "term_bulk_bytes": got,
+    }
+    if pid:
+        out["term_cpu_ms_per_hs"] = 1000 * hs_cpu / total if total else None
+        out["term_cpu_s_per_gb"] = bulk_cpu / (got / 1e9) if got else None
+    return out, hs_cpu + bulk_cpu
+
+
+def render_term(targets: list[Target]) -> list[str]:
+    """The termination table (section "term")."""
+    by = {t.name: t for t in targets}
+    hap, direct = by.get("haproxy"), by.get("direct")
+    rows = [t for t in targets if "term_hs_s" in t.results]
+    if not rows:
+        return []
+
+    def v(t: Target | None, key: str) -> object:
+        return t.results.get(key) if t is not None else None
+
+    def minus(a: object, b: object) -> str:
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return fmt(float(a) - float(b), 2)
+        return "-"
+
+    lines = [
+        "",
+        "## TLS termination by SNI",
+        "",
+        "Certificates chosen by name (ECDSA P-256), TLS 1.3, new connections without "
+        "resumption, a plain HTTP backend behind; `direct` is nginx terminating TLS itself.",
+        "",
+        "| target | handshakes/s | x HAProxy | proxy CPU ms / handshake | x HAProxy "
+        "| TTFB p50 ms | TTFB p99 ms | added p50 / p99 ms vs direct | bulk MB/s | x HAProxy "
+        "| CPU s / GB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t in rows:
+        is_direct = t.name == "direct"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    t.name,
+                    fmt(v(t, "term_hs_s"), 0),
+                    ratio(v(t, "term_hs_s"), v(hap, "term_hs_s")),
+                    "-" if is_direct else fmt(v(t, "term_cpu_ms_per_hs"), 2),
+                    "-" if is_direct else ratio(
+                        v(t, "term_cpu_ms_per_hs"), v(hap, "term_cpu_ms_per_hs")
+                    ),
+                    fmt(v(t, "term_ttfb_p50_ms"), 2),
+                    fmt(v(t, "term_ttfb_p99_ms"), 2),
+                    "-" if is_direct else (
+                        f"{minus(v(t, 'term_ttfb_p50_ms'), v(direct, 'term_ttfb_p50_ms'))} / "
+                        f"{minus(v(t, 'term_ttfb_p99_ms'), v(direct, 'term_ttfb_p99_ms'))}"
+                    ),
+                    fmt(v(t, "term_mb_s"), 0),
+                    ratio(v(t, "term_mb_s"), v(hap, "term_mb_s")),
+                    "-" if is_direct else fmt(v(t, "term_cpu_s_per_gb"), 2),
+                ]
+            )
+            + " |"
+        )  # fmt: skip
+    lines += [
+        "",
+        "- Targets: CPU per handshake at most 2x HAProxy's; bulk MB/s at least 0.7x HAProxy's.",
+        "- Peers: HAProxy `bind ... ssl crt DIR ssl-min-ver TLSv1.3` (mode tcp), nginx `http` "
+        "with one `server_name` + `ssl_certificate` block per name and `proxy_pass` (so nginx "
+        "also parses HTTP); ours `terminate = true` with `[tls] certificates` on the listener "
+        "that also passes other names through. Session tickets are each server's default.",
+    ]
+    return lines
 
 
 # ----------------------------------------------------------------------------- report
@@ -789,6 +1044,8 @@ def render(
             vals = [float(v) for r in t.per_round if isinstance(v := r.get(key), (int, float))]
             cells.append(f"{min(vals):,.{digits}f} - {max(vals):,.{digits}f}" if vals else "-")
         lines.append(f"| {t.name} | " + " | ".join(cells) + " |")
+    lines += render_term(targets)
+    lines += router_cpu.render(targets, args)
     lines += ["", f"Load average before / after the run: {env['load_before']} / {load_average()}."]
     if errors:
         lines += ["", "Errors / anomalies:", "", *errors]
@@ -868,7 +1125,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="record py-spy collapsed stacks (flamegraph.pl input) of our router into DIR",
     )
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
+    p.add_argument("--cpu-conns", type=int, default=None, help="h2load connections (cpu)")
+    p.add_argument("--h2load-clients", type=int, default=16, help="h2load -c (cpu)")
+    p.add_argument("--curl-mb", type=int, default=None, help="MiB per curl round (curl1/8)")
+    p.add_argument("--calls", type=int, default=2000, help="connections profiled (calls)")
+    p.add_argument(
+        "--calls-before",
+        type=Path,
+        default=None,
+        help="source tree of the previous revision (git worktree) for the calls section",
+    )
+    quic_bench.add_arguments(p)
     args = p.parse_args(argv)
+    args.cpu_conns = args.cpu_conns or (1000 if args.quick else 5000)
+    args.curl_mb = args.curl_mb or (256 if args.quick else 1024)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (3.0 if args.quick else 8.0)
     args.ttfb_count = args.ttfb_count or (200 if args.quick else 1000)
@@ -906,7 +1176,19 @@ def run_sections(
     for section in args.sections:
         before = tree_cpu(t.proc.pid) if t.proc else 0.0
         port = t.port_for(section)
-        if section == "conn":
+        if section == "term":
+            if t.term_port is None:
+                continue
+            res, cpu[section] = measure_term(t, args)
+            results.update(res)
+            shown_term = {k: round(x, 3) if isinstance(x, float) else x for k, x in res.items()}
+            log(f"  {t.name} term: {json.dumps(shown_term)}")
+            continue
+        if section == "calls":
+            continue  # once, after the rounds (render)
+        if section in router_cpu.SECTIONS:
+            res = router_cpu.run_section(section, t.port, t.proc.pid if t.proc else None, args)
+        elif section == "conn":
             res = measure_conn(port, args.clients, args.duration)
         elif section == "ttfb":
             res = measure_ttfb(port, args.rate, args.ttfb_count)
@@ -955,19 +1237,50 @@ def start_target(
     t: Target, procs: Processes, tmp: Path, tls_port: int, bulk_port: int, args: argparse.Namespace
 ) -> None:
     name, port = t.name, t.port
+    term = "term" in args.sections and name in TERM_TARGETS
+    t.term_port = free_port() if term else None
     if name == "direct":
         t.port, t.bulk_port = tls_port, bulk_port
+        t.term_port = tls_port if term else None
     elif name in ("haproxy", "haproxy-splice"):
         t.proc = start_haproxy(
-            procs, tmp, port, tls_port, bulk_port, args.peer_threads, name == "haproxy-splice"
+            procs,
+            tmp,
+            port,
+            tls_port,
+            bulk_port,
+            args.peer_threads,
+            name == "haproxy-splice",
+            (t.term_port, args.term_certs, args.plain_port) if t.term_port else None,
         )
     elif name == "nginx":
-        t.proc = start_nginx(procs, tmp, port, tls_port, bulk_port, args.peer_threads)
+        t.proc = start_nginx(
+            procs,
+            tmp,
+            port,
+            tls_port,
+            bulk_port,
+            args.peer_threads,
+            (t.term_port, args.term_certs, args.plain_port) if t.term_port else None,
+        )
     elif name == "sniproxy":
         t.proc = start_sniproxy(procs, tmp, port, tls_port, bulk_port)
     else:
-        workers = int(name.removeprefix("ours"))
-        t.proc = start_ours(procs, tmp, port, tls_port, bulk_port, workers, args.ours_arg)
+        workers = int(name.removeprefix("ours").removesuffix("-nolog"))
+        extra = (
+            [*args.ours_arg, "--no-connection-log"] if name.endswith("-nolog") else args.ours_arg
+        )
+        t.proc = start_ours(
+            procs,
+            tmp,
+            port,
+            tls_port,
+            bulk_port,
+            workers,
+            extra,
+            (args.term_certs, args.plain_port) if t.term_port else None,
+        )
+        t.term_port = port if t.term_port else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1004,8 +1317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with sigterm_as_interrupt():
             key, cert = make_cert(tmp)
+            if "curl1" in args.sections or "curl8" in args.sections:
+                router_cpu.bulk_file(tmp / "big.bin", args.curl_mb)
             tls_port, bulk_port = free_port(), free_port()
-            start_tls_backend(procs, tmp, tls_port, key, cert)
+            args.plain_port = free_port()
+            args.term_certs = make_term_certs(tmp)
+            start_tls_backend(procs, tmp, tls_port, key, cert, args.plain_port)
             start_bulk_backend(procs, tmp, bulk_port)
             log(f"backends: TLS nginx on {tls_port}, bulk on {bulk_port}; temp dir {tmp}")
             # Rounds interleave the targets so drift on a shared machine hits all of them alike.
@@ -1053,6 +1370,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             t.results["rounds"] = len(rounds[name])
             t.per_round = [r for r, _ in rounds[name]]
     table = render(list(targets.values()), args, command, env)
+    if "quic" in args.sections:
+        # QUIC has its own paths (direct, nginx's UDP proxy, ours) and HTTP/3 load; the
+        # same run, after the TCP rounds so neither load disturbs the other.
+        log("quic: HTTP/3 direct, through nginx's UDP proxy and through ours")
+        try:
+            quic_table = quic_bench.run(args)
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            quic_table = f"QUIC section not run: {exc}"
+        table += "\n\n## QUIC passthrough (`benchmarks/quic.py`)\n\n" + quic_table + "\n"
     print(table)
     if not args.no_write:
         args.output.write_text(table)

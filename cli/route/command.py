@@ -42,7 +42,8 @@ Examples:
   sniinspect route --config router.toml --on unknown_name=alert --on not_tls=close
 
 \b
-  # Check a configuration, warning about rules that can never match:
+  # Check a configuration, warning about rules that can never match, and
+  # (with TLS termination) which certificate serves which name:
   sniinspect route --config router.toml --check-config
 
 \b
@@ -66,6 +67,20 @@ One JSON line per connection goes to --log-file (default stderr)."""
     multiple=True,
     metavar="ADDR:PORT[;accept_proxy][;http_host]",
     help="Address to accept on (repeatable). IPv6 as [::]:443.",
+)
+@click.option(
+    "--listen-quic",
+    "listen_quic",
+    multiple=True,
+    metavar="ADDR:PORT",
+    help="UDP address for QUIC (HTTP/3) passthrough by SNI (repeatable); with or"
+    " without --listen. Same routes; a route's quic_backends, else its backends over UDP.",
+)
+@click.option(
+    "--quic-idle-timeout",
+    type=float,
+    help="Seconds of silence that end a QUIC session, never less than the client's"
+    " max_idle_timeout [30].",
 )
 @click.option(
     "--route",
@@ -150,28 +165,54 @@ def route(**opts: Any) -> None:
             raise click.ClickException(str(exc)) from None
         raise click.UsageError(str(exc)) from None
 
+    certificates = None
+    warnings = config.warnings()
+    if config.terminates:
+        # Every certificate is loaded now: at start one that cannot be stops the router
+        # with a line naming the file, rather than failing handshakes later.
+        import datetime as dt
+
+        from sniinspect.route.terminate import load_store
+
+        result = load_store(config.tls, config.table.routes)
+        if result.problems:
+            raise click.ClickException(result.problems[0][1])
+        certificates = result.store
+        lines, uncovered = certificates.coverage(config.table.routes)
+        warnings += result.notes + uncovered
+        warnings += certificates.warnings(dt.datetime.now(dt.timezone.utc))
+        if opts["check_config"]:
+            for line in lines:
+                click.echo(line)
     if opts["check_config"]:
-        warnings = config.warnings()
         for warning in warnings:
             click.echo(f"warning: {warning}", err=True)
+        held = f", {len(certificates.all_certificates())} certificate(s)" if certificates else ""
+        quic = f", {len(config.quic_listeners)} QUIC listener(s)" if config.quic_listeners else ""
         click.echo(
-            f"configuration OK: {len(config.listeners)} listener(s),"
-            f" {len(config.table.routes)} route(s), {len(warnings)} warning(s)"
+            f"configuration OK: {len(config.listeners)} listener(s){quic},"
+            f" {len(config.table.routes)} route(s){held}, {len(warnings)} warning(s)"
         )
         return
-    if config.workers > 1 and any(lst.port == 0 for lst in config.listeners):
+    for warning in warnings[len(config.warnings()) :]:
+        log.warning("%s", warning)
+    ports = [lst.port for lst in config.listeners] + [port for _, port in config.quic_listeners]
+    if config.workers > 1 and 0 in ports:
         raise click.UsageError("--workers > 1 needs fixed ports (not port 0)")
     _raise_fd_limit(config)
     if config.workers > 1:
-        code = _supervise(config, loader)
+        code = _supervise(config, loader, certificates)
     else:
-        code = _run_worker(config, loader, reuse_port=False, serve_metrics=True)
+        code = _run_worker(
+            config, loader, reuse_port=False, serve_metrics=True, certificates=certificates
+        )
     sys.exit(code)
 
 
 def _make_loader(opts: dict[str, Any]) -> Callable[[], RouterConfig]:
     overrides: dict[str, Any] = {
         "listen": list(opts["listen"]),
+        "listen_quic": list(opts.get("listen_quic") or ()),
         "route": list(opts["routes"]),
     }
     for key in (
@@ -188,6 +229,7 @@ def _make_loader(opts: dict[str, Any]) -> Callable[[], RouterConfig]:
         "workers",
         "metrics",
         "log_file",
+        "quic_idle_timeout",
     ):
         if opts.get(key) is not None:
             overrides[key] = opts[key]
@@ -240,13 +282,23 @@ def _run_worker(
     reuse_port: bool,
     serve_metrics: bool,
     worker: int | None = None,
+    certificates: Any = None,
 ) -> int:
     """Run one router in this process until SIGTERM/SIGINT; return the exit code."""
     from sniinspect.route.server import Router
 
     loop = _new_loop()
     asyncio.set_event_loop(loop)
-    router = Router(config, reuse_port=reuse_port, worker=worker)
+    # QUIC: one reader of each UDP socket, worker 0, so that every datagram of a
+    # connection reaches the process holding its session, also after the client's
+    # address changes (SO_REUSEPORT would spread datagrams by address).
+    router = Router(
+        config,
+        reuse_port=reuse_port,
+        worker=worker,
+        certificates=certificates,
+        quic=worker in (None, 0),
+    )
     stop = asyncio.Event()
 
     def reload() -> None:
@@ -259,7 +311,7 @@ def _run_worker(
     async def main() -> int:
         try:
             await router.start()
-        except OSError as exc:
+        except (OSError, ConfigError) as exc:
             log.error("%s", exc)
             return 1
         if serve_metrics and config.metrics is not None:
@@ -292,7 +344,9 @@ def _run_worker(
         loop.close()
 
 
-def _supervise(config: RouterConfig, loader: Callable[[], RouterConfig]) -> int:
+def _supervise(
+    config: RouterConfig, loader: Callable[[], RouterConfig], certificates: Any = None
+) -> int:
     """Fork ``workers`` routers sharing the ports; forward signals; restart crashed ones."""
     metrics_dir = None
     if config.metrics is not None:
@@ -311,7 +365,12 @@ def _supervise(config: RouterConfig, loader: Callable[[], RouterConfig]) -> int:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 code = _run_worker(
-                    config, loader, reuse_port=True, serve_metrics=False, worker=slot
+                    config,
+                    loader,
+                    reuse_port=True,
+                    serve_metrics=False,
+                    worker=slot,
+                    certificates=certificates,
                 )
             except BaseException:
                 log.exception("worker %d failed", slot)

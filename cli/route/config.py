@@ -29,12 +29,17 @@ error names the key (``route[2].backends[0]``) and says what was expected::
     names = ["example.com", "*.example.com", ".example.org", "~^api-[0-9]+\\.example\\.net$"]
     backends = ["10.0.0.1:443", "[2001:db8::1]:443", "unix:/run/web.sock"]
     proxy_protocol = 2                          # 0 (none), 1 or 2 towards these backends
+
+TLS termination (``[tls]``, and ``terminate``, ``alpn``, ``client_ca``, ``client_cert``,
+``backend_tls`` in a route) is described in `sniinspect.route.tlsconfig`; relative paths
+there are relative to the configuration file.
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +54,12 @@ from sniinspect.route.table import (
     parse_address,
     parse_backends,
     parse_rule,
+)
+from sniinspect.route.tlsconfig import (
+    ROUTE_TLS_KEYS,
+    TLSSettings,
+    parse_route_tls,
+    parse_tls_table,
 )
 
 if sys.version_info >= (3, 11):
@@ -150,10 +161,24 @@ class RouterConfig:
     log_file: str | None = None
     connection_log: bool = True
     source: str | None = None
+    quic_listeners: tuple[tuple[str, int], ...] = ()
+    quic_idle_timeout: float = 30.0
+    tls: TLSSettings = field(default_factory=TLSSettings)
+
+    @property
+    def terminates(self) -> bool:
+        """Whether TLS ends at the router for some connections (certificates are needed)."""
+        return self.tls.configured or any(r.terminate for r in self.table.routes)
 
     def warnings(self) -> list[str]:
         """Rules that can never match, and settings that look like mistakes."""
         out = self.table.warnings()
+        no_sni = self.actions.get("no_sni")
+        if self.tls.default is not None and (no_sni is None or no_sni.kind != "backend"):
+            out.append(
+                "tls.default is not served to clients without SNI: actions.no_sni does not"
+                " send them to a backend (it is still used for names no certificate covers)"
+            )
         for reason, action in self.actions.items():
             if action.kind == "alert" and reason == "not_tls":
                 out.append(
@@ -162,6 +187,21 @@ class RouterConfig:
                 )
         if self.idle_timeout and self.idle_timeout < self.hello_timeout:
             out.append("idle_timeout is shorter than hello_timeout")
+        if self.quic_listeners:
+            routes = [*self.table.routes, *([self.default] if self.default else [])]
+            for route in routes:
+                usable = route.quic_backends or [b for b in route.backends if not b.is_unix]
+                if not usable:
+                    out.append(
+                        f"route {route.label!r}: only unix backends and no quic_backends:"
+                        " its QUIC connections cannot be forwarded"
+                    )
+            for route in self.table.routes:
+                if route.terminate is not None:
+                    out.append(
+                        f"route {route.label!r} terminates TLS, which QUIC passthrough does"
+                        " not: its QUIC connections go to its backends unterminated"
+                    )
         return out
 
 
@@ -176,10 +216,12 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {
     "max_pending_per_client": (int, 1, 10_000_000),
     "drain_timeout": (float, 0, 24 * 3600),
     "workers": (int, 1, 1024),
+    "quic_idle_timeout": (float, 1, 7 * 24 * 3600),
 }
 _TOP_KEYS = {
     *_NUMBERS,
     "listen",
+    "listen_quic",
     "listener",
     "route",
     "default",
@@ -189,9 +231,12 @@ _TOP_KEYS = {
     "metrics",
     "log_file",
     "connection_log",
+    "tls",
 }
 _LISTENER_KEYS = {"address", "accept_proxy", "http_host"}
-_ROUTE_KEYS = {"name", "names", "backend", "backends", "proxy_protocol"}
+_ROUTE_KEYS = {
+    "name", "names", "backend", "backends", "proxy_protocol", "quic_backends", *ROUTE_TLS_KEYS
+}  # fmt: skip
 _ACTION_KEYWORDS = {"default", "fallback", "alert", "close"}
 
 
@@ -296,7 +341,7 @@ def parse_route(text: str, key: str = "route") -> dict[str, Any]:
     return route
 
 
-def _route(table: Any, key: str) -> Route:
+def _route(table: Any, key: str, base: str = ".") -> Route:
     _expect(table, dict, key, "a table with names and backends")
     for k in table:
         if k not in _ROUTE_KEYS:
@@ -317,7 +362,13 @@ def _route(table: Any, key: str) -> Route:
     backends = _backends(table, key)
     proxy = _proxy_version(table.get("proxy_protocol", 0), f"{key}.proxy_protocol")
     label = _expect(table.get("name", ""), str, f"{key}.name", "a string")
-    return Route(tuple(rules), backends, proxy, label)
+    terminate = parse_route_tls(table, key, base)
+    quic_backends: tuple[Backend, ...] = ()
+    if "quic_backends" in table:
+        quic_backends = _backends({"backends": table["quic_backends"]}, f"{key}.quic")
+        if any(b.is_unix for b in quic_backends):
+            raise ConfigError(f"{key}.quic_backends: QUIC goes over UDP, not to a unix socket")
+    return Route(tuple(rules), backends, proxy, label, terminate, quic_backends)
 
 
 def _backends(table: Mapping[str, Any], key: str) -> tuple[Backend, ...]:
@@ -411,7 +462,7 @@ def build_config(
             raise _unknown_key(key, "", _TOP_KEYS)
     merged: dict[str, Any] = dict(data)
     for key, value in overrides.items():
-        if key in ("listen", "route") or value is None:
+        if key in ("listen", "listen_quic", "route") or value is None:
             continue
         if key == "actions":
             merged["actions"] = {
@@ -435,12 +486,28 @@ def build_config(
         if lst.port and (lst.host, lst.port) in seen:
             raise ConfigError(f"listen: {lst.address} is given twice")
         seen.add((lst.host, lst.port))
+    quic_listeners: list[tuple[str, int]] = []
+    for i, text in enumerate(_string_list(data.get("listen_quic", []), "listen_quic")):
+        quic_listeners.append(parse_address(text, f"listen_quic[{i}]"))
+    for text in overrides.get("listen_quic") or ():
+        quic_listeners.append(parse_address(text, f"--listen-quic {text!r}"))
+    if len(set(quic_listeners)) != len(quic_listeners):
+        raise ConfigError("listen_quic: an address is given twice")
 
+    # Relative file names (certificates, CAs) are relative to the configuration file.
+    base = os.path.dirname(os.path.abspath(source)) if source else os.getcwd()
+    tls = parse_tls_table(data.get("tls", {}), base)
     routes: list[Route] = []
     route_tables = data.get("route", [])
     _expect(route_tables, list, "route", "an array of tables ([[route]])")
     for i, table in enumerate(route_tables):
-        routes.append(_route(table, f"route[{i}]"))
+        routes.append(_route(table, f"route[{i}]", base))
+        terminate = routes[-1].terminate
+        if terminate is not None and terminate.cert is None and not tls.configured:
+            raise ConfigError(
+                f"route[{i}].terminate: true needs certificates to choose from"
+                " ([tls] certificates or default)"
+            )
     for text in overrides.get("route") or ():
         routes.append(_route(parse_route(text, f"--route {text!r}"), f"--route {text!r}"))
     table = RouteTable(routes)
@@ -489,13 +556,17 @@ def build_config(
         merged.get("connection_log", True), bool, "connection_log", "true or false"
     )
 
-    if not listeners:
-        raise ConfigError("listen: no listener (give --listen ADDR:PORT or listen = [...])")
+    if not listeners and not quic_listeners:
+        raise ConfigError(
+            "listen: no listener (give --listen ADDR:PORT, --listen-quic ADDR:PORT,"
+            " or listen = [...])"
+        )
     if not routes and default is None:
         raise ConfigError("route: no route and no default: nothing could ever be forwarded")
 
     return RouterConfig(
         listeners=tuple(listeners),
+        quic_listeners=tuple(quic_listeners),
         table=table,
         default=default,
         actions=actions,
@@ -504,6 +575,7 @@ def build_config(
         log_file=log_file,
         connection_log=connection_log,
         source=source,
+        tls=tls,
         **numbers,
     )
 

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import clienthello
 
-__all__ = ["ConnectionLog", "Metrics", "ConnectionLogWriter", "describe"]
+__all__ = ["ConnectionLog", "Metrics", "QuicMetrics", "ConnectionLogWriter", "describe"]
 
 log = logging.getLogger("sniinspect.router")
 
@@ -40,6 +40,16 @@ class ConnectionLog:
     tls_versions: list[str] | None = None
     ja4: str | None = None
     route: str | None = None
+    # TLS ended at the router: the certificate served, what was negotiated, and how long
+    # the handshake took (None on passthrough connections).
+    terminated: bool | None = None
+    certificate: str | None = None
+    certificate_serial: str | None = None
+    tls_version: str | None = None
+    tls_cipher: str | None = None
+    alpn_selected: str | None = None
+    client_certificate: str | None = None
+    handshake_ms: float | None = None
     backend: str | None = None
     outcome: str = "closed"
     reason: str | None = None
@@ -49,6 +59,13 @@ class ConnectionLog:
     hello_ms: float | None = None
     connect_ms: float | None = None
     duration_ms: float = 0.0
+    # QUIC sessions (transport "quic"; None on TCP connections).
+    transport: str | None = None
+    quic_version: str | None = None
+    retry: bool | None = None
+    datagrams_from_client: int | None = None
+    datagrams_to_client: int | None = None
+    rebinds: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.time))
@@ -109,6 +126,37 @@ class Metrics:
         self.accept_errors = Counter(
             "sniinspect_accept_errors", "accept() failures", ["errno"], registry=r
         )
+        self.tls_handshakes = Counter(
+            "sniinspect_tls_handshakes",
+            "TLS handshakes completed at the router (terminated connections)",
+            ["version", "cipher"],
+            registry=r,
+        )
+        self.tls_handshake_seconds = Histogram(
+            "sniinspect_tls_handshake_seconds",
+            "Time from a complete ClientHello to the end of the TLS handshake",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+        )
+        self.tls_handshake_failures = Counter(
+            "sniinspect_tls_handshake_failures",
+            "TLS handshakes at the router that failed, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.certificate_load_errors = Counter(
+            "sniinspect_certificate_load_errors",
+            "Certificate, key or CA files that could not be loaded (start or reload)",
+            ["file"],
+            registry=r,
+        )
+        self.certificate_expiry = Gauge(
+            "sniinspect_certificate_not_after_seconds",
+            "End of validity (Unix time) of each certificate loaded",
+            ["file", "subject", "serial"],
+            registry=r,
+            multiprocess_mode="max",
+        )
 
 
 def describe(rec: ConnectionLog, hello: clienthello.ClientHello) -> None:
@@ -148,6 +196,8 @@ class ConnectionLogWriter:
         self.stream = stream
         self.enabled = True
         self._own = False
+        # Set by the router's LogBuffer: lines are then queued and written in batches.
+        self.defer: Callable[[ConnectionLog, clienthello.ClientHello | None], None] | None = None
 
     def open(self, connection_log: bool, log_file: str | None) -> None:
         """Open the connection log the configuration names (or stderr), unless given one.
@@ -194,14 +244,72 @@ class ConnectionLogWriter:
             self.metrics.bytes.labels("from_client").inc(rec.bytes_from_client)
         if rec.bytes_to_client:
             self.metrics.bytes.labels("to_client").inc(rec.bytes_to_client)
+        self.write(rec, hello)
+
+    def write(self, rec: ConnectionLog, hello: clienthello.ClientHello | None) -> None:
+        """Write a finished connection's line; the caller has counted it."""
         if self.on_log is None and (self.stream is None or not self.enabled):
             return
-        if hello is not None:
-            describe(rec, hello)
-        line = rec.as_dict()
+        if self.defer is not None:
+            self.defer(rec, hello)
+            return
+        line = self.render(rec, hello)
         if self.on_log is not None:
             self.on_log(line)
         if self.stream is not None and self.enabled:
             # A full disk or a closed stream must not stop routing.
             with contextlib.suppress(OSError, ValueError):
                 self.stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+    def render(
+        self, rec: ConnectionLog, hello: clienthello.ClientHello | None
+    ) -> dict[str, Any]:
+        """The log dict of a finished connection (the hello's fields filled in)."""
+        if hello is not None:
+            describe(rec, hello)
+        return rec.as_dict()
+
+
+class QuicMetrics:
+    """Prometheus metrics of the QUIC side, each with a ``transport`` label."""
+
+    def __init__(self, registry: Any) -> None:
+        from prometheus_client import Counter, Gauge
+
+        self.sessions = Counter(
+            "sniinspect_udp_sessions",
+            "UDP sessions (QUIC connections) handled, by outcome and reason",
+            ["transport", "outcome", "reason"],
+            registry=registry,
+        )
+        self.active = Gauge(
+            "sniinspect_udp_active_sessions",
+            "UDP sessions open now",
+            ["transport"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.datagrams = Counter(
+            "sniinspect_datagrams",
+            "Datagrams relayed, by direction",
+            ["transport", "direction"],
+            registry=registry,
+        )
+        self.bytes = Counter(
+            "sniinspect_datagram_bytes",
+            "Bytes of datagrams relayed, by direction",
+            ["transport", "direction"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "sniinspect_datagrams_dropped",
+            "Datagrams dropped, by reason",
+            ["transport", "reason"],
+            registry=registry,
+        )
+        self.rebinds = Counter(
+            "sniinspect_quic_rebinds",
+            "Sessions found again from a new client address",
+            ["transport"],
+            registry=registry,
+        )

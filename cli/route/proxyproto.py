@@ -35,6 +35,7 @@ __all__ = [
     "ProxyProtocolError",
     "ProxyInfo",
     "ProxyHeaderParser",
+    "SSLInfo",
     "build_v1",
     "build_v2",
     "crc32c",
@@ -48,6 +49,14 @@ __all__ = [
     "PP2_TYPE_UNIQUE_ID",
     "PP2_TYPE_SSL",
     "PP2_TYPE_NETNS",
+    "PP2_CLIENT_SSL",
+    "PP2_CLIENT_CERT_CONN",
+    "PP2_CLIENT_CERT_SESS",
+    "PP2_SUBTYPE_SSL_VERSION",
+    "PP2_SUBTYPE_SSL_CN",
+    "PP2_SUBTYPE_SSL_CIPHER",
+    "PP2_SUBTYPE_SSL_SIG_ALG",
+    "PP2_SUBTYPE_SSL_KEY_ALG",
 ]
 
 V1_PREFIX: Final = b"PROXY "
@@ -90,6 +99,22 @@ PP2_TYPE_NOOP: Final = 0x04
 PP2_TYPE_UNIQUE_ID: Final = 0x05
 PP2_TYPE_SSL: Final = 0x20
 PP2_TYPE_NETNS: Final = 0x30
+# §2.2.5 PP2_TYPE_SSL: client flags (u8), verify result (u32), then sub-TLVs.
+PP2_CLIENT_SSL: Final = 0x01
+PP2_CLIENT_CERT_CONN: Final = 0x02
+PP2_CLIENT_CERT_SESS: Final = 0x04
+PP2_SUBTYPE_SSL_VERSION: Final = 0x21
+PP2_SUBTYPE_SSL_CN: Final = 0x22
+PP2_SUBTYPE_SSL_CIPHER: Final = 0x23
+PP2_SUBTYPE_SSL_SIG_ALG: Final = 0x24
+PP2_SUBTYPE_SSL_KEY_ALG: Final = 0x25
+_SSL_SUBTYPES: Final = {
+    PP2_SUBTYPE_SSL_VERSION: "version",
+    PP2_SUBTYPE_SSL_CN: "client_cn",
+    PP2_SUBTYPE_SSL_CIPHER: "cipher",
+    PP2_SUBTYPE_SSL_SIG_ALG: "sig_alg",
+    PP2_SUBTYPE_SSL_KEY_ALG: "key_alg",
+}
 _UNIQUE_ID_MAX: Final = 128  # §2.2.5 "up to 128 bytes"
 
 _MAX_PORT: Final = 65535
@@ -110,6 +135,69 @@ class ProxyProtocolError(ValueError):
 
 
 _EMPTY_TLVS: Final[Mapping[int, bytes]] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class SSLInfo:
+    """PP2_TYPE_SSL: the client's TLS connection to the proxy (§2.2.5).
+
+    Attributes:
+        client: flags: PP2_CLIENT_SSL (TLS was used), PP2_CLIENT_CERT_CONN / _SESS (the
+            client presented a certificate on this connection / in this session).
+        verify: 0 when the client presented a certificate and it was verified, else non-zero.
+        version, cipher: the TLS version and cipher negotiated ("TLSv1.3", "TLS_AES_...").
+        client_cn: the common name of the verified client certificate's subject.
+        sig_alg, key_alg: the server certificate's signature and key algorithms.
+    """
+
+    client: int = PP2_CLIENT_SSL
+    verify: int = 1
+    version: str | None = None
+    cipher: str | None = None
+    client_cn: str | None = None
+    sig_alg: str | None = None
+    key_alg: str | None = None
+
+    @property
+    def client_verified(self) -> bool:
+        """Whether a client certificate was presented and verified."""
+        return bool(self.client & PP2_CLIENT_CERT_CONN) and self.verify == 0
+
+    def encode(self) -> bytes:
+        """The value of a PP2_TYPE_SSL TLV (without its type and length)."""
+        out = struct.pack("!BI", self.client, self.verify)
+        for subtype, attr in _SSL_SUBTYPES.items():
+            value = getattr(self, attr)
+            if value is not None:
+                out += _tlv(subtype, value.encode("utf-8"))
+        return out
+
+    @classmethod
+    def decode(cls, value: bytes, offset: int = 0) -> SSLInfo:
+        """Parse a PP2_TYPE_SSL value; unknown sub-TLVs are skipped.
+
+        Raises:
+            ProxyProtocolError: the value or a sub-TLV is cut short (``offset`` is added
+                to the positions reported).
+        """
+        if len(value) < 5:
+            raise ProxyProtocolError(f"SSL TLV is {len(value)} bytes, at least 5 needed", offset)
+        client, verify = struct.unpack_from("!BI", value)
+        fields: dict[str, str] = {}
+        pos = 5
+        while pos < len(value):
+            if len(value) - pos < 3:
+                raise ProxyProtocolError("SSL sub-TLV header cut short", offset + pos)
+            subtype, length = struct.unpack_from("!BH", value, pos)
+            if pos + 3 + length > len(value):
+                raise ProxyProtocolError(
+                    f"SSL sub-TLV 0x{subtype:02x} overruns the SSL TLV", offset + pos
+                )
+            attr = _SSL_SUBTYPES.get(subtype)
+            if attr is not None:
+                fields[attr] = value[pos + 3 : pos + 3 + length].decode("utf-8", "replace")
+            pos += 3 + length
+        return cls(client, verify, **fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +239,12 @@ class ProxyInfo:
     def alpn(self) -> bytes | None:
         """PP2_TYPE_ALPN (the negotiated application protocol), or None."""
         return self.tlvs.get(PP2_TYPE_ALPN)
+
+    @property
+    def ssl(self) -> SSLInfo | None:
+        """PP2_TYPE_SSL decoded (checked when the header was parsed), or None."""
+        value = self.tlvs.get(PP2_TYPE_SSL)
+        return None if value is None else SSLInfo.decode(value)
 
 
 # --------------------------------------------------------------------------- building
@@ -206,6 +300,7 @@ def build_v2(
     *,
     authority: str | None = None,
     alpn: bytes | None = None,
+    ssl: SSLInfo | None = None,
 ) -> bytes:
     """Build a PROXY protocol v2 (binary) header.
 
@@ -214,6 +309,8 @@ def build_v2(
         dst: (address, port) the client connected to, or None.
         authority: the server name the client asked for (SNI), sent as PP2_TYPE_AUTHORITY (UTF-8).
         alpn: the application protocol, sent as PP2_TYPE_ALPN.
+        ssl: how the client's TLS ended at the proxy, sent as PP2_TYPE_SSL with its
+            sub-TLVs (version, cipher, client certificate CN, algorithms).
 
     Returns:
         The header: command PROXY with TCP over IPv4/IPv6, or LOCAL with AF_UNSPEC when both
@@ -241,6 +338,8 @@ def build_v2(
         tlvs += _tlv(PP2_TYPE_ALPN, bytes(alpn))
     if authority is not None:
         tlvs += _tlv(PP2_TYPE_AUTHORITY, authority.encode("utf-8"))
+    if ssl is not None:
+        tlvs += _tlv(PP2_TYPE_SSL, ssl.encode())
     length = len(addresses) + len(tlvs)
     if length > 0xFFFF:
         raise ValueError(f"PROXY v2 header body is {length} bytes, the maximum is 65535")
@@ -363,6 +462,8 @@ def _parse_tlvs(header: bytes, start: int) -> Mapping[int, bytes]:
                 raise ProxyProtocolError(
                     f"UNIQUE_ID TLV is {length} bytes, the maximum is {_UNIQUE_ID_MAX}", pos
                 )
+            elif tlv_type == PP2_TYPE_SSL:
+                SSLInfo.decode(header[pos + 3 : pos + 3 + length], pos + 3)  # strict: check now
             tlvs[tlv_type] = value
         pos += 3 + length
     if crc_at is not None:

@@ -18,6 +18,7 @@ import fcntl
 import os
 import socket
 import sys
+from collections.abc import Callable
 
 from sniinspect.route.sockets import os_error
 
@@ -31,6 +32,7 @@ COPY_CHUNK = 1 << 18
 # short exchange (a TLS handshake, an API call) then never pays for two 1 MiB pipes.
 AUTO_CHUNK = 1 << 14
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+DEFAULT_PIPE_SIZE = 1 << 16  # Linux's, when a bigger one is refused
 HAVE_SPLICE = hasattr(os, "splice") and sys.platform.startswith("linux")
 
 
@@ -48,6 +50,7 @@ class Direction:
         "eof",
         "held",
         "pipe_r",
+        "pipe_size",
         "pipe_w",
         "reading",
         "relay",
@@ -69,6 +72,7 @@ class Direction:
         self.reading = False
         self.writing = False
         self.pipe_r = self.pipe_w = -1
+        self.pipe_size = 0
         self.held = 0  # bytes in the pipe / buffer not yet written
         self.buf: bytearray | None = None
         self.view: memoryview | None = None
@@ -83,8 +87,9 @@ class Direction:
 
     def _open_pipe(self) -> None:
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.pipe_size = DEFAULT_PIPE_SIZE
         with contextlib.suppress(OSError):
-            fcntl.fcntl(self.pipe_w, F_SETPIPE_SZ, PIPE_SIZE)
+            self.pipe_size = fcntl.fcntl(self.pipe_w, F_SETPIPE_SZ, PIPE_SIZE)
 
     def begin(self) -> None:
         self._want_read(True)
@@ -108,8 +113,15 @@ class Direction:
     def on_readable(self) -> None:
         try:
             if self.pipe_w >= 0:
+                # The pipe is this direction's buffer: go on filling it while the
+                # destination is full, and pause the source only when the pipe is, so
+                # the sender keeps sending while a slower receiver catches up.
+                room = self.pipe_size - self.held
+                if room <= 0:
+                    self._want_read(False)
+                    return
                 n = os.splice(
-                    self.src, self.pipe_w, PIPE_SIZE, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+                    self.src, self.pipe_w, room, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
                 )
             else:
                 assert self.view is not None
@@ -131,6 +143,8 @@ class Direction:
             self.end = n
             self.start = 0
             self.relay.last = self.relay.loop.time()
+            if self.writing and not self.eof:
+                return  # the destination is full: its writable event flushes
         self.flush()
 
     def flush(self) -> None:
@@ -148,9 +162,10 @@ class Direction:
                     n = os.write(self.dst, self.view[self.start : self.end])
                     self.start += n
             except (BlockingIOError, InterruptedError):
-                # The destination is full: stop reading the source until it drains
-                # (backpressure), and wait for it to take more.
-                self._want_read(False)
+                # The destination is full: wait for it to take more, and stop reading
+                # the source until then (backpressure) unless a pipe has room left.
+                if self.pipe_r < 0 or self.held >= self.pipe_size:
+                    self._want_read(False)
                 self._want_write(True)
                 return
             except OSError as exc:
@@ -198,8 +213,10 @@ class Relay:
         backend: socket.socket,
         mode: str,
         idle_timeout: float,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
         self.loop = loop
+        self.on_done = on_done  # called when both directions are done (instead of run())
         self.client = client
         self.backend = backend
         if not HAVE_SPLICE:
@@ -211,7 +228,7 @@ class Relay:
         self.last = loop.time()
         self.idle = idle_timeout
         self.timer: asyncio.TimerHandle | None = None
-        self.future: asyncio.Future[None] = loop.create_future()
+        self.future: asyncio.Future[None] | None = None
         self.up = Direction(self, client, backend, self.mode)
         try:
             self.down = Direction(self, backend, client, self.mode)
@@ -220,11 +237,16 @@ class Relay:
             raise
 
     async def run(self) -> None:
+        self.future = self.loop.create_future()
+        self.start()
+        await self.future
+
+    def start(self) -> None:
+        """Start both directions; `on_done` (or `run`) learns when they are done."""
         self.up.begin()
         self.down.begin()
         if self.idle:
             self.timer = self.loop.call_later(self.idle, self._check_idle)
-        await self.future
 
     def _check_idle(self) -> None:
         idle_for = self.loop.time() - self.last
@@ -256,8 +278,10 @@ class Relay:
             return
         self.finished = True
         self.close()
-        if not self.future.done():
+        if self.future is not None and not self.future.done():
             self.future.set_result(None)
+        if self.on_done is not None:
+            self.on_done()
 
     def close(self) -> None:
         self.finished = True

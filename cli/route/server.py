@@ -22,13 +22,19 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from sniinspect.route.backends import Dialer
 from sniinspect.route.config import ListenerConfig, RouterConfig
 from sniinspect.route.connection import Connection, Services
+from sniinspect.route.fastlog import LogBuffer
+from sniinspect.route.fastpath import HAVE_FAST_PATH, FastConn, FastPath
 from sniinspect.route.observe import ConnectionLog, ConnectionLogWriter, Metrics
+from sniinspect.route.quic import QuicProxy
 from sniinspect.route.sockets import Timeout, fmt_addr, os_error, plain_ip
+
+if TYPE_CHECKING:
+    from sniinspect.route.terminate import CertificateStore
 
 __all__ = ["Router"]
 
@@ -49,6 +55,8 @@ class _Listener:
     accepting: bool = False
     backoff: float = 0.0
     resume: asyncio.TimerHandle | None = None
+    label: str = ""  # the address as log lines show it
+    family: int = socket.AF_INET
 
 
 class Router:
@@ -61,6 +69,10 @@ class Router:
         registry: a prometheus_client registry for the metrics (default: a new one).
         reuse_port: set SO_REUSEPORT on listeners (for several worker processes).
         worker: this process's worker number, added to each log line (with --workers).
+        certificates: the certificates for terminating routes, already loaded (by
+            ``--check-config`` or the command); by default `start` loads them.
+        quic: serve the configuration's QUIC listeners (with ``--workers``, only one
+            worker does: a QUIC connection's datagrams must all reach one process).
     """
 
     def __init__(
@@ -72,15 +84,25 @@ class Router:
         registry: Any = None,
         reuse_port: bool = False,
         worker: int | None = None,
+        certificates: CertificateStore | None = None,
+        fast_path: bool = True,
+        quic: bool = True,
     ) -> None:
         self.config = config
+        self._serve_quic = quic
+        self._quic: QuicProxy | None = None
+        self._use_fast_path = fast_path
+        self._certs = certificates
         self._worker = worker
         self.metrics = Metrics(registry)
         self._log = ConnectionLogWriter(self.metrics, on_log, log_stream)
         self._reuse_port = reuse_port
         self._listeners: list[_Listener] = []
         self._conns: set[Connection] = set()
-        self._pending: dict[Connection, None] = {}  # insertion-ordered: oldest first
+        # Waiting for their hello, insertion-ordered (oldest first), on either path.
+        self._pending: dict[Connection | FastConn, None] = {}
+        self._fast: FastPath | None = None
+        self._logbuf: LogBuffer | None = None
         self._pending_by_client: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._services: Services | None = None
@@ -96,9 +118,51 @@ class Router:
         return [lst.address for lst in self._listeners]
 
     @property
+    def quic_addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) of every QUIC (UDP) listener."""
+        return self._quic.addresses if self._quic is not None else []
+
+    @property
+    def quic(self) -> QuicProxy | None:
+        """The QUIC side: its sessions and metrics (None without QUIC listeners)."""
+        return self._quic
+
+    def _quic_sessions(self) -> int:
+        return self._quic.active_sessions if self._quic is not None else 0
+
+    def _room(self) -> int:
+        """How many more connections or QUIC sessions ``max_connections`` allows now."""
+        return self.config.max_connections - self.active_connections - self._quic_sessions()
+
+    def _session_done(self) -> None:
+        """A QUIC session ended: TCP accepting may resume if it paused at the limit."""
+        if self._paused_for_limit and self._room() > 0:
+            self._paused_for_limit = False
+            for lst in self._listeners:
+                self._start_accepting(lst)
+
+    def _start_quic(self, config: RouterConfig) -> None:
+        assert self._loop is not None
+        self._quic = QuicProxy(
+            self._loop,
+            config,
+            self._log,
+            self.metrics.registry,
+            worker=self._worker,
+            room=self._room,
+            on_end=self._session_done,
+        )
+        self._quic.start(reuse_port=self._reuse_port)
+
+    @property
     def active_connections(self) -> int:
         """Connections open now (waiting for a hello, or relaying)."""
-        return len(self._conns)
+        return len(self._conns) + (self._fast.active if self._fast is not None else 0)
+
+    @property
+    def fast_connections(self) -> int:
+        """Connections accepted so far that started on the fast path."""
+        return self._fast.accepted if self._fast is not None else 0
 
     @property
     def pending_connections(self) -> int:
@@ -110,12 +174,22 @@ class Router:
 
         Raises:
             OSError: a listener cannot be bound (nothing is left bound then).
+            CertificateError: a certificate of the configuration cannot be loaded (the
+                message names the file); nothing is bound then.
         """
+        if self._certs is None and self.config.terminates:
+            from sniinspect.route.terminate import CertificateError, load_store
+
+            result = load_store(self.config.tls, self.config.table.routes)
+            if result.problems:
+                raise CertificateError(result.problems[0][1])
+            self._certs = result.store
+        self._export_certificates()
         self._loop = asyncio.get_running_loop()
         self._idle = asyncio.Event()
         self._idle.set()
         self._services = Services(
-            self._loop, self.metrics, Dialer(self._loop, self.metrics), self._unpend
+            self._loop, self.metrics, Dialer(self._loop, self.metrics), self._unpend, self._certs
         )
         self._log.open(self.config.connection_log, self.config.log_file)
         try:
@@ -126,6 +200,17 @@ class Router:
                 lst.sock.close()
             self._listeners.clear()
             raise
+        self._logbuf = LogBuffer(self._loop, self._log, self.metrics, self._worker)
+        if self._use_fast_path and HAVE_FAST_PATH:
+            self._fast = FastPath(self, self._loop, self._logbuf)
+        if self._serve_quic and self.config.quic_listeners:
+            try:
+                self._start_quic(self.config)
+            except OSError:
+                for lst in self._listeners:
+                    lst.sock.close()
+                self._listeners.clear()
+                raise
         for lst in self._listeners:
             self._start_accepting(lst)
 
@@ -146,7 +231,7 @@ class Router:
             sock.close()
             raise OSError(exc.errno, f"cannot listen on {lconf.address}: {exc.strerror}") from None
         host, port = sock.getsockname()[:2]
-        return _Listener(lconf, sock, (host, port))
+        return _Listener(lconf, sock, (host, port), label=fmt_addr((host, port)), family=family)
 
     def reload(self, config: RouterConfig) -> None:
         """Use a new configuration from now on; connections in flight are not touched.
@@ -173,6 +258,22 @@ class Router:
             for lst in added:
                 lst.sock.close()
             raise
+        if self._serve_quic and self._quic is not None:
+            try:
+                self._quic.reload(config)
+            except OSError:
+                for lst in added:
+                    lst.sock.close()
+                raise
+        elif self._serve_quic and config.quic_listeners:
+            try:
+                self._start_quic(config)
+            except OSError:
+                for lst in added:
+                    lst.sock.close()
+                raise
+        if config.terminates or self._certs is not None:
+            self._reload_certificates(config)
         kept: list[_Listener] = []
         by_key = {(lst.config.host, lst.config.port): lst for lst in added}
         for lconf, key in zip(config.listeners, new_keys, strict=True):
@@ -182,11 +283,43 @@ class Router:
         for lst in set(old.values()) - set(kept):
             self._close_listener(lst)
         self._listeners = kept
+        if self._logbuf is not None:
+            self._logbuf.flush()  # lines of earlier connections go to the old file
         self._log.reopen(config.connection_log, config.log_file)
         self.config = config
         for lst in added:
             self._start_accepting(lst)
         log.info("configuration reloaded: %d routes", len(config.table.routes))
+
+    @property
+    def certificates(self) -> CertificateStore | None:
+        """The certificates new connections are served from (None: nothing terminates)."""
+        return self._certs
+
+    def _reload_certificates(self, config: RouterConfig) -> None:
+        """Read every certificate again (globs too); a file that fails keeps its old one."""
+        from sniinspect.route.terminate import load_store
+
+        result = load_store(config.tls, config.table.routes, previous=self._certs)
+        for path, message in result.problems:
+            # Never fatal here: the listener keeps serving what it served before.
+            log.error("certificate reload: %s", message)
+            self.metrics.certificate_load_errors.labels(path).inc()
+        for note in result.notes:
+            log.warning("%s", note)
+        self._certs = result.store
+        if self._services is not None:
+            self._services.certs = result.store
+        self._export_certificates()
+
+    def _export_certificates(self) -> None:
+        gauge = self.metrics.certificate_expiry
+        gauge.clear()
+        if self._certs is not None:
+            for cert in self._certs.all_certificates():
+                gauge.labels(cert.path, cert.subject, cert.serial_hex).set(
+                    cert.not_after.timestamp()
+                )
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let connections finish for up to ``drain_timeout``, close the rest.
@@ -199,18 +332,34 @@ class Router:
             self._close_listener(lst)
         self._listeners.clear()
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        quic_drained = None
+        if self._quic is not None:
+            quic_drained = asyncio.ensure_future(self._quic.stop(timeout))
         # Connections still waiting for a hello have nothing to lose: close them now.
         for conn in list(self._pending):
-            if conn.task is not None:
+            if isinstance(conn, FastConn):
+                assert self._fast is not None
+                self._fast.evict(conn)
+            elif conn.task is not None:
                 conn.task.cancel()
+        until = (self._loop.time() if self._loop is not None else 0.0) + timeout
         if self._conns and self._idle is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout)
+        if self._fast is not None:
+            await self._fast.drain(until)
         tasks = [c.task for c in self._conns if c.task is not None]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
+        if quic_drained is not None:
+            await quic_drained
+        if self._logbuf is not None:
+            self._logbuf.flush()  # every line out before the stream closes
         self._log.close()
 
     def _close_listener(self, lst: _Listener) -> None:
@@ -236,11 +385,14 @@ class Router:
 
     def _on_accept(self, lst: _Listener) -> None:
         for _ in range(_ACCEPT_BATCH):
-            if len(self._conns) >= self.config.max_connections:
+            if self._room() <= 0:
                 self._pause_for_limit()
                 return
             try:
-                sock, peer = lst.sock.accept()
+                # socket.accept() without its wrapper: accept4(SOCK_CLOEXEC), then a socket
+                # object made with the listener's family as an int (no enum conversions).
+                fd, peer = lst.sock._accept()  # type: ignore[attr-defined]
+                sock = socket.socket(lst.family, socket.SOCK_STREAM, 0, fd)
             except (BlockingIOError, InterruptedError):
                 lst.backoff = 0.0
                 return
@@ -294,15 +446,11 @@ class Router:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = (plain_ip(peer[0]), peer[1])
-        now = time.time()
-        record = ConnectionLog(
-            time=now,
-            client=fmt_addr(peer),
-            listener=fmt_addr(lst.address),
-            started=self._loop.time(),
-            clock=time.perf_counter(),
-            worker=self._worker,
-        )
+        fast = self._fast
+        if fast is not None and fast.takes(lst.config):
+            fast.accept(lst, sock, peer)
+            return
+        record = self._record(lst, peer, self._loop.time(), time.perf_counter())
         assert self._services is not None
         conn = Connection(sock, peer, lst.config, record, self._services)
         cfg = self.config
@@ -315,23 +463,90 @@ class Router:
             self._log.finish(conn.record, conn.hello)
             return
         if len(self._pending) >= cfg.max_pending:
-            oldest = next(iter(self._pending))
-            oldest.evicted = True
-            self._unpend(oldest)
-            if oldest.task is not None:
-                oldest.task.cancel()
+            self._evict_oldest()
         conn.pending_key = key or ""
         self._pending[conn] = None
         if key is not None:
             self._pending_by_client[key] = self._pending_by_client.get(key, 0) + 1
         self.metrics.pending.inc()
+        self._start_task(conn)
+
+    def _record(
+        self, lst: _Listener, peer: tuple[str, int], started: float, clock: float
+    ) -> ConnectionLog:
+        return ConnectionLog(
+            time=time.time() - (time.perf_counter() - clock),
+            client=fmt_addr(peer),
+            listener=lst.label,
+            started=started,
+            clock=clock,
+            worker=self._worker,
+        )
+
+    def _start_task(self, conn: Connection) -> None:
+        assert self._loop is not None
         self._conns.add(conn)
         if self._idle is not None:
             self._idle.clear()
         self.metrics.active.inc()
         conn.task = self._loop.create_task(self._handle(conn))
 
-    def _unpend(self, conn: Connection) -> None:
+    def _evict_oldest(self) -> None:
+        oldest = next(iter(self._pending))
+        oldest.evicted = True
+        if isinstance(oldest, FastConn):
+            assert self._fast is not None
+            self._fast.evict(oldest)
+            return
+        self._unpend(oldest)
+        if oldest.task is not None:
+            oldest.task.cancel()
+
+    def _reject_at_accept(
+        self, lst: _Listener, sock: socket.socket, peer: tuple[str, int], reason: str
+    ) -> None:
+        """Turn a new connection away at once (the fast path's per-client limit)."""
+        assert self._loop is not None
+        record = self._record(lst, peer, self._loop.time(), time.perf_counter())
+        record.outcome, record.reason = "rejected", reason
+        sock.close()
+        self._log.finish(record, None)
+
+    def adopt(self, fconn: FastConn) -> None:
+        """Take a connection over from the fast path: today's `Connection.serve` from
+        the bytes it read (the hello deadline still counts from the accept)."""
+        assert self._loop is not None and self._services is not None
+        elapsed = time.perf_counter() - fconn.clock
+        record = self._record(fconn.lst, fconn.peer, self._loop.time() - elapsed, fconn.clock)
+        conn = Connection(
+            fconn.sock, fconn.peer, fconn.lst.config, record, self._services, first=fconn.data
+        )
+        if fconn.pending_key is not None:
+            assert self._fast is not None
+            self._fast.unpend(fconn)
+            conn.pending_key = fconn.peer[0]
+            self._pending[conn] = None
+            by_client = self._pending_by_client
+            by_client[conn.pending_key] = by_client.get(conn.pending_key, 0) + 1
+            self.metrics.pending.inc()
+        self._start_task(conn)
+
+    def _services_dialer(self) -> Dialer:
+        assert self._services is not None
+        return self._services.dialer
+
+    def _connection_done(self) -> None:
+        """A fast-path connection ended: accepting may resume."""
+        if self._paused_for_limit and self._room() > 0:
+            self._paused_for_limit = False
+            for lst in self._listeners:
+                self._start_accepting(lst)
+
+    def _unpend(self, conn: Connection | FastConn) -> None:
+        if isinstance(conn, FastConn):
+            assert self._fast is not None
+            self._fast.unpend(conn)
+            return
         if conn.pending_key is None:
             return
         self._pending.pop(conn, None)
@@ -374,6 +589,9 @@ class Router:
                 conn.relay.close()
                 rec.bytes_from_client += conn.relay.up.count
                 rec.bytes_to_client += conn.relay.down.count
+            if conn.tls is not None:  # terminated: the bytes on the client's wire
+                rec.bytes_from_client = conn.tls.raw_in
+                rec.bytes_to_client = conn.tls.raw_out
             if conn.backend_sock is not None:
                 conn.backend_sock.close()
             conn.sock.close()
@@ -381,10 +599,12 @@ class Router:
             self.metrics.active.dec()
             if rec.outcome == "relaying":
                 rec.outcome = "routed" if rec.reason is None else "fallback"
+            if self._logbuf is not None:
+                self._logbuf.apply_counts()  # the fast path's earlier ends count first
             self._log.finish(conn.record, conn.hello)
             if not self._conns and self._idle is not None:
                 self._idle.set()
-            if self._paused_for_limit and len(self._conns) < cfg.max_connections:
+            if self._paused_for_limit and self._room() > 0:
                 self._paused_for_limit = False
                 for lst in self._listeners:
                     self._start_accepting(lst)

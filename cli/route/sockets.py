@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+
+
 class Timeout(Exception):
     """A deadline passed while waiting on a socket."""
 
@@ -105,9 +108,11 @@ async def dial(loop: asyncio.AbstractEventLoop, backend: Backend, timeout: float
             targets = [(info[0], info[4]) for info in infos]
     last: Exception = OSError(errno.EHOSTUNREACH, "no address")
     for family, address in targets:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # Non-blocking from creation (SOCK_NONBLOCK): no separate ioctl.
+        sock = socket.socket(family, socket.SOCK_STREAM | _NONBLOCK)
         try:
-            sock.setblocking(False)
+            if not _NONBLOCK:
+                sock.setblocking(False)
             if family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             err = sock.connect_ex(address)

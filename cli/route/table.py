@@ -27,7 +27,10 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sniinspect.route.tlsconfig import Termination
 
 # The regex parser, for the "can never match" check: Python 3.11 moved it, and the old
 # module names warn on import there.
@@ -242,12 +245,18 @@ class Route:
         backends: where to connect, tried round robin.
         proxy_protocol: 0 (none), 1 or 2: the PROXY protocol header sent to the backend.
         name: a label for logs and metrics (defaults to the first rule).
+        terminate: TLS ends at the router for these names (certificate, ALPN, client
+            certificates, TLS towards the backends); None passes the bytes through.
+        quic_backends: where QUIC (UDP) connections for these names go; empty: the
+            same hosts and ports as ``backends``, over UDP.
     """
 
     rules: tuple[Rule, ...]
     backends: tuple[Backend, ...]
     proxy_protocol: int = 0
     name: str = ""
+    terminate: Termination | None = None
+    quic_backends: tuple[Backend, ...] = ()
 
     @property
     def label(self) -> str:

@@ -1,0 +1,84 @@
+"""One QUIC connection through the router, as the router knows it without its keys."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from sniinspect.route.observe import ConnectionLog
+from sniinspect.route.table import Backend
+
+__all__ = ["Listener", "Session", "HELLO", "RELAYING", "CLOSED"]
+
+# A session's state: collecting the hello, relaying, or refused (swallowing retransmits).
+HELLO, RELAYING, CLOSED = 0, 1, 2
+
+
+@dataclass(eq=False)
+class Listener:
+    """One UDP socket clients send to, and its sessions by client address."""
+
+    host: str
+    port: int
+    sock: socket.socket
+    address: tuple[str, int]
+    sessions: dict[tuple[str, int], Session] = field(default_factory=dict)
+
+
+class Session:
+    """One QUIC connection through the router."""
+
+    __slots__ = (
+        "backend",
+        "backend_socks",
+        "cids",
+        "client",
+        "closed_at",
+        "datagrams_in",
+        "datagrams_out",
+        "deadline",
+        "held",
+        "idle",
+        "last",
+        "listener",
+        "original_dcid",
+        "pending_key",
+        "reader",
+        "rebinds",
+        "record",
+        "retry_cid",
+        "state",
+        "version",
+    )
+
+    def __init__(
+        self,
+        listener: Listener,
+        client: tuple[str, int],
+        original_dcid: bytes,
+        record: ConnectionLog,
+        reader: Any,
+        now: float,
+        hello_timeout: float,
+    ) -> None:
+        self.listener = listener
+        self.client = client
+        self.original_dcid = original_dcid
+        self.record = record
+        self.reader = reader
+        self.state = HELLO
+        self.held: list[bytes] = []
+        self.backend: Backend | None = None
+        self.backend_socks: list[socket.socket] = []  # the newest one is in use
+        self.cids: set[bytes] = {original_dcid}
+        self.retry_cid: bytes | None = None
+        self.version = 0
+        self.last = now
+        self.deadline = now + hello_timeout
+        self.idle = 0.0
+        self.closed_at = 0.0
+        self.pending_key: str | None = None
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self.rebinds = 0
