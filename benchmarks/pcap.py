@@ -19,6 +19,12 @@ Timed, each in its own process, wall clock, peak RSS from ``/usr/bin/time -f %M`
 - start-up: ``sniinspect pcap`` on a one-packet file.
 
 The SNI sets of sniinspect and tshark must be equal; the script exits 1 otherwise.
+
+Then, in the same run, a QUIC-heavy capture (``--quic`` datagrams, 300,000 by default;
+``--quic 0`` skips it, ``--quic-only`` runs only it): QUIC connections from three
+client shapes with 1-RTT bulk and DNS noise, ``sniinspect pcap`` against tshark (same
+SNI multiset, else exit 1), and client Initials decoded per second by
+`clienthello.quic.InitialReader` beside aioquic. See ``benchmarks/quic_capture.py``.
 """
 
 from __future__ import annotations
@@ -280,6 +286,23 @@ def timed(cmd: list[str], stdout: Path) -> tuple[float, int, str]:
     return dt, rss, err
 
 
+def quic_section(
+    args: argparse.Namespace, tmp: Path, ours_cmd: list[str], tshark: str
+) -> tuple[str, bool]:
+    """The QUIC capture's Markdown section (``benchmarks/quic_capture.py``); SNIs equal?"""
+    import quic_capture  # beside this file
+
+    text, ok = quic_capture.run(tmp, ours_cmd, tshark, timed, args.quic, args.quic_connections)
+    version = subprocess.run([tshark, "--version"], capture_output=True, text=True, check=False)
+    text += (
+        f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+        f"{version.stdout.splitlines()[0].rstrip('.') if version.stdout else 'tshark'}.\n"
+        f"Command: `python benchmarks/pcap.py --quic {args.quic} "
+        f"--quic-connections {args.quic_connections}`\n"
+    )
+    return text, ok
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=1_200_000)
@@ -287,11 +310,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", type=Path, help="also write the Markdown table here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     ap.add_argument(
+        "--quic",
+        type=int,
+        default=300_000,
+        metavar="DATAGRAMS",
+        help="datagrams of the QUIC capture timed after the TCP one (0: skip it)",
+    )
+    ap.add_argument("--quic-connections", type=int, default=5000)
+    ap.add_argument("--quic-only", action="store_true", help="only the QUIC capture")
+    ap.add_argument(
         "--stress",
         type=int,
         metavar="FLOWS",
         help="instead: memory worst case, FLOWS connections each leaving a hello half-sent",
     )
+    ap.add_argument(
+        "--parallel",
+        action="store_true",
+        help="instead: --jobs 1 against --jobs N on --packets (8 files, 1 file), Parquet "
+        "against jsonl (benchmarks/pcap_parallel.py)",
+    )
+    ap.add_argument("--jobs", type=int, default=2, help="N for --parallel")
     args = ap.parse_args(argv)
     tshark = shutil.which("tshark")
     # The console script beside this interpreter: a version manager's shim (pyenv)
@@ -304,6 +343,20 @@ def main(argv: list[str] | None = None) -> int:
     else:  # the `sniinspect` group is not installed (yet): call the command module directly
         ours_cmd = [sys.executable, "-c", "import sys; from sniinspect.capture.command "
                     "import pcap; sys.argv[0] = 'sniinspect pcap'; pcap()"]  # fmt: skip
+    if args.parallel:
+        import pcap_parallel  # beside this file
+
+        tmp = Path(tempfile.mkdtemp(prefix="sniinspect-bench-"))
+        try:
+            text, ok = pcap_parallel.run(
+                tmp, ours_cmd, timed, generate, args.packets, args.hellos, args.jobs
+            )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(text)
+        if args.write:
+            args.write.write_text("# `sniinspect pcap` in parallel\n\n" + text)
+        return 0 if ok else 1
     if not tshark:
         print("needs tshark (apt-get install tshark)", file=sys.stderr)
         return 2
@@ -325,6 +378,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     try:
+        if args.quic_only:
+            table, quic_ok = quic_section(args, tmp, ours_cmd, tshark)
+            print(table)
+            if args.write:
+                args.write.write_text("# `sniinspect pcap` benchmark: QUIC\n\n" + table)
+            return 0 if quic_ok else 1
         cap = tmp / "bench.pcap"
         t0 = time.perf_counter()
         names, n = generate(cap, args.packets, args.hellos)
@@ -398,10 +457,14 @@ def main(argv: list[str] | None = None) -> int:
             + ("" if len(ours_cmd) == 1 else " (sniinspect run as `python -c ...command.pcap()`)"),
         ]
         table = "\n".join(lines) + "\n"
+        quic_ok = True
+        if args.quic:
+            quic_table, quic_ok = quic_section(args, tmp, ours_cmd, tshark)
+            table += "\n## QUIC\n\n" + quic_table
         print(table)
         if args.write:
             args.write.write_text("# `sniinspect pcap` benchmark\n\n" + table)
-        return 0 if ours == theirs else 1
+        return 0 if ours == theirs and quic_ok else 1
     finally:
         if args.keep:
             print(f"kept {tmp}", file=sys.stderr)

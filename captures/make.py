@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import make_udp  # the QUIC and DTLS captures (beside this file)
+
 from sniinspect.capture import RECORD_KEYS
 
 HERE = Path(__file__).resolve().parent
@@ -529,6 +531,11 @@ def build() -> dict[str, bytes]:
             hello_record(frames, b, chromium, len(chromium)),
         ]
     ).encode()
+
+    # 16-24. QUIC and DTLS over UDP (make_udp.py).
+    for name, (recs, expected) in make_udp.captures().items():
+        files[name] = pcap_bytes(recs, 1)
+        files[name + ".expected.jsonl"] = "".join(json.dumps(r) + "\n" for r in expected).encode()
     return files
 
 

@@ -87,8 +87,12 @@ def _read_input(source: str) -> bytes:
     return data
 
 
-def describe(hello: clienthello.ClientHello) -> dict[str, Any]:
-    """Every field of a hello as plain JSON-ready values, with IANA names."""
+def describe(hello: clienthello.ClientHello, transport: str | None = None) -> dict[str, Any]:
+    """Every field of a hello as plain JSON-ready values, with IANA names.
+
+    ``transport`` (``tcp``, ``quic``, ``dtls``; default: ``dtls`` for a DTLS hello,
+    else ``tcp``) is JA4's first character.
+    """
     def named(values: tuple[int, ...] | None, name: Any) -> list[dict[str, Any]] | None:
         if values is None:
             return None
@@ -143,8 +147,8 @@ def describe(hello: clienthello.ClientHello) -> dict[str, Any]:
         "grease": hello.grease,
         "ja3": clienthello.ja3(hello),
         "ja3_string": clienthello.ja3_string(hello),
-        "ja4": clienthello.ja4(hello),
-        "ja4_r": clienthello.ja4_r(hello),
+        "ja4": clienthello.ja4(hello, transport),
+        "ja4_r": clienthello.ja4_r(hello, transport),
         "length": len(hello.raw),
     }
 
@@ -184,21 +188,32 @@ def _format_text(info: dict[str, Any]) -> str:
 def hello(source: str, fmt: str) -> None:
     """Decode one ClientHello from FILE (or standard input) and print every field.
 
-    The input is raw bytes or hex text, either TLS records (starting 16 03 ..)
-    or a bare handshake message (starting 01 ..). Fields are shown with their
-    IANA names, followed by the JA3 and JA4 fingerprints.
+    The input is raw bytes or hex text: TLS records (starting 16 03 ..), a bare
+    handshake message (starting 01 ..), a QUIC client Initial datagram (a long
+    header of a known version; decrypted with its Initial keys) or a DTLS
+    datagram (starting 16 fe ..). Fields are shown with their IANA names,
+    followed by the JA3 and JA4 fingerprints.
 
     \b
     Examples:
       sniinspect hello tests/data/curl.bin
       xxd -p hello.bin | sniinspect hello --format json -
+      sniinspect hello initial.hex               a QUIC Initial, as copied from Wireshark
 
     Exit status: 0 when the hello was decoded, 2 when the input is not a
     complete, well-formed ClientHello (the reason, field and offset are printed).
     """
     data = _read_input(source)
+    transport: str | None = None
+    facts: dict[str, Any] = {}
     try:
-        if data[:1] == b"\x01":
+        if _is_quic_long_header(data):
+            transport = "quic"
+            parsed, facts = _quic_hello(data)
+        elif data[:1] == b"\x16" and data[1:2] in (b"\xfe", b"\x01"):
+            transport = "dtls"
+            parsed = _dtls_hello(data)
+        elif data[:1] == b"\x01":
             parsed = clienthello.parse_handshake(data)
         else:
             parsed = clienthello.parse(data)
@@ -212,11 +227,53 @@ def hello(source: str, fmt: str) -> None:
     except clienthello.ClientHelloError as exc:
         click.echo(f"error: {source}: {exc}", err=True)
         sys.exit(2)
-    info = describe(parsed)
+    info = {**describe(parsed, transport), **facts}
     if fmt == "json":
         click.echo(json.dumps(info, indent=2))
     else:
         click.echo(_format_text(info))
+
+
+def _is_quic_long_header(data: bytes) -> bool:
+    """Long-header and fixed bits set, and a version with known Initial keys."""
+    if len(data) < 7 or data[0] & 0xC0 != 0xC0:
+        return False
+    from clienthello import quic  # loads `cryptography`: only for QUIC input
+
+    return int.from_bytes(data[1:5], "big") in quic.VERSIONS
+
+
+def _quic_hello(data: bytes) -> tuple[clienthello.ClientHello, dict[str, Any]]:
+    """Decrypt one client Initial datagram; the hello and the connection's facts."""
+    from clienthello import quic
+
+    reader = quic.InitialReader()
+    found = reader.feed(data)
+    if found is None:
+        raise _InputError(
+            "the ClientHello continues in further Initial packets (this datagram holds "
+            "only its first part); give the datagram that completes it to `sniinspect pcap`"
+        )
+    spec = quic.VERSIONS[found.version]
+    return found.hello, {
+        "quic_version": f"0x{found.version:08x} ({spec.name})",
+        "quic_original_dcid": found.original_destination_connection_id.hex(),
+        "quic_scid": found.source_connection_id.hex(),
+        "quic_token_length": len(found.token),
+        "quic_crypto_frames": found.crypto_frames,
+    }
+
+
+def _dtls_hello(data: bytes) -> clienthello.ClientHello:
+    """The ClientHello of one DTLS datagram (all of its fragments in it)."""
+    reader = clienthello.DtlsReader()
+    found = reader.feed(data)
+    if found is None:
+        raise _InputError(
+            "the DTLS ClientHello is fragmented over further datagrams; give the whole "
+            "capture to `sniinspect pcap`"
+        )
+    return found.hello
 
 
 def main() -> None:

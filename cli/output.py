@@ -42,6 +42,7 @@ FORMATS: tuple[str, ...] = ("table", "jsonl", "json", "csv")
 _KEYS: tuple[str, ...] = (
     "ts", "src", "sport", "dst", "dport", "transport", "sni", "alpn", "versions",
     "ciphers", "extensions", "groups", "sig_algs", "ja3", "ja4", "error",
+    "after", "quic_version",
 )  # fmt: skip
 _CSV_EXTRA: tuple[str, ...] = ("legacy_version", "sni_problems", "frame", "file")
 
@@ -52,16 +53,19 @@ _COLUMNS: tuple[tuple[str, str, int, int], ...] = (
     ("time", "TIME (UTC)", 19, 9),
     ("client", "CLIENT", 21, 0),
     ("server", "SERVER", 21, 8),
+    ("proto", "PROTO", 4, 5),
     ("sni", "SNI", 16, 0),
     ("alpn", "ALPN", 4, 3),
     ("tls", "TLS", 3, 4),
     ("ja4", "JA4", 10, 2),
+    ("note", "NOTE", 11, 1),
     ("error", "ERROR", 24, 1),
 )
 # What gives way, in order, when the record table is wider than the terminal: the
 # server name stays readable longest; JA4 and ALPN go before addresses are clipped.
 _FIT_STEPS: tuple[tuple[str, str], ...] = (
-    ("shrink", "time"), ("shrink", "error"), ("shrink", "ja4"), ("drop", "ja4"),
+    ("shrink", "time"), ("shrink", "error"), ("shrink", "note"), ("shrink", "ja4"),
+    ("drop", "ja4"),
     ("shrink", "alpn"), ("drop", "alpn"), ("shrink", "addresses"),
     ("drop", "tls"), ("drop", "time"), ("shrink", "sni"), ("drop", "server"),
 )  # fmt: skip
@@ -69,12 +73,24 @@ _FIT_STEPS: tuple[tuple[str, str], ...] = (
 _TABLE_SAMPLE = 1000
 # Widths used when rows stream (they cannot be measured first).
 _STREAM_WIDTHS = {
-    "time": 26, "client": 21, "server": 21, "sni": 32, "alpn": 10, "tls": 4, "ja4": 36,
-    "error": 30,
+    "time": 26, "client": 21, "server": 21, "proto": 5, "sni": 32, "alpn": 10, "tls": 4,
+    "ja4": 36, "note": 24, "error": 30,
 }  # fmt: skip
+# The NOTE column: why a client sent its hello again (the record's ``after``).
+_AFTER_NOTES = {
+    "retry": "after Retry",
+    "hello_verify_request": "after HelloVerifyRequest",
+    "hello_retry_request": "after HelloRetryRequest",
+}
 
 _VERSION_LABELS = {0x0002: "SSL2", 0x0300: "SSL3", 0x0301: "1.0", 0x0302: "1.1", 0x0303: "1.2",
-                   0x0304: "1.3"}  # fmt: skip
+                   0x0304: "1.3", 0x0100: "D0.9", 0xFEFF: "D1.0", 0xFEFD: "D1.2",
+                   0xFEFC: "D1.3"}  # fmt: skip
+
+
+def _version_rank(version: int) -> int:
+    """Order versions by protocol: DTLS counts down (0xfeff 1.0 < 0xfefd 1.2 < 0xfefc 1.3)."""
+    return 0x03FF - (version & 0xFF) if version >> 8 == 0xFE else version
 
 
 def as_dict(record: Any) -> dict[str, Any]:
@@ -88,9 +104,9 @@ def as_dict(record: Any) -> dict[str, Any]:
 
 
 def tls_version_label(rec: Mapping[str, Any]) -> str:
-    """The highest TLS version a hello offers: supported_versions, else legacy_version."""
+    """The highest (D)TLS version a hello offers: supported_versions, else legacy_version."""
     versions = [v for v in rec.get("versions") or () if (v & 0x0F0F) != 0x0A0A]
-    best = max(versions) if versions else rec.get("legacy_version")
+    best = max(versions, key=_version_rank) if versions else rec.get("legacy_version")
     if best is None:
         return ""
     if best in _VERSION_LABELS:
@@ -125,10 +141,17 @@ def _row(rec: Mapping[str, Any]) -> dict[str, str]:
     sni_text = "" if sni is None else (sni if sni else '""')
     if problems:
         sni_text += f" ({', '.join(problems)})"
+    transport = str(rec.get("transport") or "")
+    quic_version = rec.get("quic_version")
+    if quic_version and quic_version != "v1":
+        transport += f"-{quic_version}"  # "quic-v2", "quic-draft-29"
+    after = rec.get("after")
     return {
         "time": _time(rec.get("ts")),
         "client": _endpoint(rec.get("src"), rec.get("sport")),
         "server": _endpoint(rec.get("dst"), rec.get("dport")),
+        "proto": transport,
+        "note": _AFTER_NOTES.get(after, after) if after else "",
         "sni": sni_text if sni is not None or problems else ("-" if not rec.get("error") else ""),
         "alpn": ",".join(rec.get("alpn") or ()),
         "tls": "" if rec.get("error") else tls_version_label(rec),
@@ -340,7 +363,7 @@ def _csv_cell(value: Any) -> str:
 
 
 class Summary:
-    """Counts of hellos per SNI and per client, kept as records stream by.
+    """Counts of hellos per SNI, per client and per transport, kept as records stream by.
 
     Memory grows with the number of distinct names and clients, not of records.
     """
@@ -348,6 +371,7 @@ class Summary:
     def __init__(self) -> None:
         self.total = 0
         self.errors = 0
+        self.per_transport: Counter[str] = Counter()
         self.per_sni: Counter[str | None] = Counter()
         self.per_client: Counter[str] = Counter()
         self.sni_clients: defaultdict[str | None, set[str]] = defaultdict(set)
@@ -359,6 +383,7 @@ class Summary:
         if rec.get("error"):
             self.errors += 1
         sni, client = rec.get("sni"), str(rec.get("src"))
+        self.per_transport[str(rec.get("transport") or "tcp")] += 1
         self.per_sni[sni] += 1
         self.per_client[client] += 1
         self.sni_clients[sni].add(client)
@@ -373,6 +398,7 @@ class Summary:
         return {
             "hellos": self.total,
             "errors": self.errors,
+            "transports": dict(sorted(self.per_transport.items(), key=order)),
             "sni": [
                 {"sni": s, "hellos": n, "clients": len(self.sni_clients[s])}
                 for s, n in sorted(self.per_sni.items(), key=order)
@@ -388,9 +414,9 @@ def summarize(records: Iterable[Any]) -> dict[str, Any]:
     """Counts of hellos per SNI and per client address.
 
     Returns:
-        ``{"hellos": n, "errors": n, "sni": [{"sni", "hellos", "clients"}...],
-        "clients": [{"client", "hellos", "snis"}...]}``, most frequent first. A hello
-        without SNI counts under ``null``.
+        ``{"hellos": n, "errors": n, "transports": {"tcp": n, "quic": n, "dtls": n},
+        "sni": [{"sni", "hellos", "clients"}...], "clients": [{"client", "hellos",
+        "snis"}...]}``, most frequent first. A hello without SNI counts under ``null``.
     """
     acc = Summary()
     for record in records:
@@ -412,6 +438,8 @@ def write_summary(
             w.writerow(["sni", item["sni"] or "", item["hellos"], item["clients"]])
         for item in summary["clients"]:
             w.writerow(["client", item["client"], item["hellos"], item["snis"]])
+        for name, count in summary.get("transports", {}).items():
+            w.writerow(["transport", name, count, ""])
         return
     if width is None:
         isatty = getattr(out, "isatty", lambda: False)
@@ -430,5 +458,7 @@ def write_summary(
     ]
     if rows:
         lines += ["", *render_table(rows, cols, width)]
-    lines += ["", f"{summary['hellos']} hellos, {summary['errors']} unparseable"]
+    per = ", ".join(f"{n} {t}" for t, n in summary.get("transports", {}).items())
+    total = f"{summary['hellos']} hellos" + (f" ({per})" if per else "")
+    lines += ["", f"{total}, {summary['errors']} unparseable"]
     out.write("\n".join(lines) + "\n")

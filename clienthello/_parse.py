@@ -38,7 +38,7 @@ from clienthello._record import (
     Handshake,
     read_handshake,
 )
-from clienthello._sni import HOSTNAME_CHARS, decode_server_name, locate_fields
+from clienthello._sni import HOSTNAME_CHARS, decode_server_name, locate_fields, locate_tail
 from clienthello._sni import overrun as _overrun
 from clienthello._sslv2 import parse_sslv2
 
@@ -224,7 +224,7 @@ def parse_dtls_body(raw: bytes) -> ClientHello:
     cs = cookie + 1 + raw[cookie]
     if cs > end:
         raise _overrun("cookie", raw[cookie], end - cookie - 1, cookie)
-    comp, ext, ext_end = _locate_tail(raw, cs, end)
+    comp, ext, ext_end = locate_tail(raw, cs, end)
     cs_len = comp - cs - 2
     typed = list(_TYPED_DEFAULTS)
     extensions = _parse_extensions(raw, ext + 2, ext_end, typed) if ext < end else ()
@@ -241,38 +241,6 @@ def parse_dtls_body(raw: bytes) -> ClientHello:
         _typed=tuple(typed) if extensions else (),
         cookie=raw[cookie + 1 : cs],
     )
-
-
-def _locate_tail(buf: bytes, cs: int, end: int) -> tuple[int, int, int]:
-    """`locate_fields` from cipher_suites on (for DTLS, where a cookie comes first).
-
-    Returns the offsets of legacy_compression_methods and of the extensions length,
-    and the end of the extensions block (both ``end`` without extensions).
-    """
-    if cs + 2 > end:
-        raise _fail("cipher_suites", "length missing", cs)
-    cs_len = _u16(buf, cs)[0]
-    if cs_len & 1:
-        raise _fail("cipher_suites", f"odd length {cs_len}", cs)
-    comp = cs + 2 + cs_len
-    if comp > end:
-        raise _overrun("cipher_suites", cs_len, end - cs - 2, cs)
-    if comp + 1 > end:
-        raise _fail("legacy_compression_methods", "length missing", comp)
-    ext = comp + 1 + buf[comp]
-    if ext > end:
-        raise _overrun("legacy_compression_methods", buf[comp], end - comp - 1, comp)
-    if ext == end:
-        return comp, end, end
-    if ext + 2 > end:
-        raise _fail("extensions", "1 trailing byte where the length should be", ext)
-    ext_len = _u16(buf, ext)[0]
-    ext_end = ext + 2 + ext_len
-    if ext_end > end:
-        raise _overrun("extensions", ext_len, end - ext - 2, ext)
-    if ext_end < end:
-        raise _fail("ClientHello", f"{end - ext_end} trailing bytes", ext_end)
-    return comp, ext, ext_end
 
 
 # --- the partial parse: every field read whole before a cut or a fault -------------

@@ -21,7 +21,7 @@ from clienthello._record import (
 )
 from clienthello._sslv2 import parse_sslv2
 
-__all__ = ["sni", "locate_fields", "decode_server_name"]
+__all__ = ["sni", "locate_fields", "locate_tail", "decode_server_name"]
 
 _u16 = struct.Struct("!H").unpack_from
 _u16x2 = struct.Struct("!HH").unpack_from
@@ -194,6 +194,19 @@ def locate_fields(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int, i
     cs = sid + 1 + sid_len
     if cs > end:
         raise overrun("legacy_session_id", sid_len, end - sid - 1, sid)
+    return (sid, cs, *locate_tail(buf, cs, end))
+
+
+def locate_tail(buf: bytes, cs: int, end: int) -> tuple[int, int, int]:
+    """`locate_fields` from cipher_suites on (DTLS has a cookie before them).
+
+    Returns:
+        Offsets of legacy_compression_methods and of the extensions length, and the
+        end of the extensions block (both ``end`` without extensions).
+
+    Raises:
+        MalformedHello: a vector overruns the body, or bytes are left over.
+    """
     if cs + 2 > end:
         raise MalformedHello("cipher_suites", "length missing", cs)
     cs_len = _u16(buf, cs)[0]
@@ -208,7 +221,7 @@ def locate_fields(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int, i
     if ext > end:
         raise overrun("legacy_compression_methods", buf[comp], end - comp - 1, comp)
     if ext == end:
-        return sid, cs, comp, end, end
+        return comp, end, end
     if ext + 2 > end:
         raise MalformedHello("extensions", "1 trailing byte where the length should be", ext)
     ext_len = _u16(buf, ext)[0]
@@ -217,7 +230,7 @@ def locate_fields(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int, i
         raise overrun("extensions", ext_len, end - ext - 2, ext)
     if ext_end < end:
         raise MalformedHello("ClientHello", f"{end - ext_end} trailing bytes", ext_end)
-    return sid, cs, comp, ext, ext_end
+    return comp, ext, ext_end
 
 
 def overrun(field: str, length: int, available: int, offset: int) -> MalformedHello:

@@ -8,9 +8,17 @@ Its rooms, from the bytes up: `files` (pcap/pcapng/gzip readers), `packets` (lin
 layers, IP, TCP headers), `tcp` (reassembly, finding hellos), `records` (what comes
 out); `live` reads an interface instead of a file, and `command` holds the click
 commands ``sniinspect pcap`` and ``sniinspect live`` (the only room that imports click).
+`analyze` runs many files or big ones on every core or a Dask cluster (`split` plans
+the tasks, `parallel` runs them, `analysis` puts the results in order, `parquet`
+writes them):
+
+    >>> from sniinspect.capture import analyze
+    >>> analyze(["day1.pcap", "day2.pcap"], jobs=0).to_parquet("hellos/")
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from sniinspect.capture.files import Capture, iter_records
 from sniinspect.capture.packets import LINKTYPE_ETHERNET, PacketDecoder
@@ -23,6 +31,9 @@ from sniinspect.capture.records import (
     hello_fields,
 )
 from sniinspect.capture.tcp import FlowTable, Limits
+
+if TYPE_CHECKING:
+    from sniinspect.capture.analysis import Analysis, analyze
 
 __all__ = [
     "HelloRecord",
@@ -37,4 +48,16 @@ __all__ = [
     "hello_fields",
     "format_ts",
     "LINKTYPE_ETHERNET",
+    "analyze",
+    "Analysis",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The parallel engine is imported on first use: `sniinspect pcap` and `live` start
+    # without it.
+    if name in ("analyze", "Analysis"):
+        from sniinspect.capture import analysis
+
+        return getattr(analysis, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

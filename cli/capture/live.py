@@ -130,7 +130,7 @@ def open_interface(interface: str, bpf: str | None) -> Any:
 def iter_live(
     sock: Any, name: str, *, deadline: float | None = None, limits: Limits | None = None
 ) -> Iterator[HelloRecord]:
-    """Yield a `HelloRecord` for every TCP ClientHello read from ``sock``.
+    """Yield a `HelloRecord` for every ClientHello (TCP, QUIC, DTLS) read from ``sock``.
 
     Args:
         sock: a socket from `open_interface`.

@@ -1,11 +1,13 @@
-"""Link layers, IPv4/IPv6 and TCP headers: one captured frame in, one TCP segment out.
+"""Link layers, IPv4/IPv6, TCP and UDP headers: one captured frame in, a segment or datagram out.
 
 Decodes Ethernet (with 802.1Q/QinQ and PPPoE), Linux SLL/SLL2, BSD NULL/LOOP, raw
 IPv4/IPv6 and PPP; IPv4 (unfragmented) and IPv6 with extension headers; then the TCP
-header. `PacketDecoder.packet` does it inline, with no call per layer, because it runs
-for every packet that the readers' fast paths cannot skip; the segment goes to
+or UDP header (and GTP-U tunnels, whose inner packet is decoded the same way).
+`PacketDecoder.packet` does it inline, with no call per layer, because it runs for
+every packet that the readers' fast paths cannot skip; a TCP segment goes to
 `PacketDecoder.segment`, which the reassembler (`sniinspect.capture.tcp.FlowTable`)
-implements.
+implements, and a UDP datagram that may start a hello to `PacketDecoder.datagram`
+(`sniinspect.capture.udp.DatagramTable`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ _ETH_PPPOE_SESSION = 0x8864
 _NULL_IPV6_FAMILIES = frozenset((10, 24, 28, 30))  # AF_INET6 on Linux, NetBSD, FreeBSD, macOS
 
 _TCP = 6
+_UDP = 17
+# GTP-U (3GPP TS 29.281) carries user IP packets over UDP port 2152: mobile-core
+# captures hold their TLS inside it, and tshark decodes it.
+_GTP_U_PORT = 2152
 # IPv6 extension headers whose length is (hdr_ext_len + 1) * 8 (RFC 8200 §4).
 _IPV6_EXT_GENERIC = frozenset((0, 43, 60, 135, 139, 140))
 _IPV6_FRAGMENT = 44
@@ -70,15 +76,23 @@ class PacketDecoder:
     # payload, ts_ns, frame, truncated: cut by the snaplen). Implemented by the reassembler,
     # `sniinspect.capture.tcp.FlowTable.segment`.
     segment: Callable[[bytes, bool, int, int, bytes, int, int, bool], None]
+    # Takes each UDP datagram that may carry a hello: (key: src ip + dst ip + ports, v6,
+    # payload, ts_ns, frame, truncated). Set by the owner of the UDP flow table
+    # (`sniinspect.capture.udp.DatagramTable.datagram`); None drops UDP.
+    datagram: Callable[[bytes, bool, bytes, int, int, bool], None] | None = None
 
     def __init__(self, file: str = "") -> None:
         self.file = file
         self.problems: list[Problem] = []
         self.snaplen_truncated = 0
         self.unsupported_linktypes: set[int] = set()
+        self._tunnelled = False  # decoding the inner packet of a GTP-U tunnel
 
     def packet(self, linktype: int, data: bytes | memoryview, ts_ns: int, frame: int) -> None:
-        """Decode one frame (any supported link type) and pass its TCP segment to `segment`.
+        """Decode one frame (any supported link type); pass on its TCP segment or UDP datagram.
+
+        A TCP segment goes to `segment`; a UDP datagram whose first byte may start a
+        QUIC or DTLS hello goes to `datagram` (see `_udp`).
 
         Problems (a frame cut short, an unsupported link type) go to ``self.problems``.
         """
@@ -96,7 +110,8 @@ class PacketDecoder:
             total = (data[off + 2] << 8) | data[off + 3]
             if total == 0:  # TCP segmentation offload on the capturing host: length not set
                 total = n - off
-            if data[off + 9] != _TCP or ihl < 20 or total < ihl:
+            proto = data[off + 9]
+            if (proto != _TCP and proto != _UDP) or ihl < 20 or total < ihl:
                 return
             if (data[off + 6] & 0x3F) or data[off + 7]:  # MF set or fragment offset != 0
                 return
@@ -117,7 +132,7 @@ class PacketDecoder:
             dst = bytes(data[off + 24 : off + 40])
             tcp = off + 40
             for _ in range(8):  # bounded walk over extension headers
-                if nxt == _TCP:
+                if nxt in (_TCP, _UDP):
                     break
                 if tcp + 8 > n:
                     return self._short(frame)
@@ -131,11 +146,14 @@ class PacketDecoder:
                     nxt, tcp = data[tcp], tcp + (data[tcp + 1] + 2) * 4
                 else:
                     return
-            if nxt != _TCP:
+            if nxt != _TCP and nxt != _UDP:
                 return
+            proto = nxt
             v6 = True
         else:
             return
+        if proto != _TCP:
+            return self._udp(data, tcp, end, n, src, dst, v6, ts_ns, frame)
         if tcp + 20 > n:
             return self._short(frame)
         doff = (data[tcp + 12] >> 4) * 4
@@ -150,6 +168,80 @@ class PacketDecoder:
         flags = data[tcp + 13]
         payload = bytes(data[tcp + doff : end]) if end > tcp + doff else b""
         self.segment(key, v6, seq, flags, payload, ts_ns, frame, cut)
+
+    def _udp(
+        self,
+        data: bytes | memoryview,
+        udp: int,
+        end: int,
+        n: int,
+        src: bytes,
+        dst: bytes,
+        v6: bool,
+        ts_ns: int,
+        frame: int,
+    ) -> None:
+        """Pass a UDP datagram to `datagram` if its first byte can start a hello.
+
+        A QUIC Initial is a long-header packet (first bit set); a DTLS record starts
+        with its content type (20 to 26, RFC 6347 §4.1; handshake is 22). Anything else
+        (QUIC short-header packets, the bulk of HTTP/3; half of DNS; RTP) stops at this
+        one byte compare, before any copy.
+        """
+        if self.datagram is None:
+            return None
+        if udp + 8 > n:
+            return self._short(frame)
+        if udp + 8 == n:
+            return None  # no payload (or all of it cut by the snaplen): nothing to read
+        ulen = (data[udp + 4] << 8) | data[udp + 5]
+        if ulen >= 8 and udp + ulen < end:
+            end = udp + ulen  # the IP packet has trailing bytes (Ethernet padding)
+        sport = (data[udp] << 8) | data[udp + 1]
+        dport = (data[udp + 2] << 8) | data[udp + 3]
+        if (sport == _GTP_U_PORT or dport == _GTP_U_PORT) and not self._tunnelled:
+            return self._gtp_u(data, udp + 8, min(end, n), ts_ns, frame)
+        b0 = data[udp + 8]
+        if not (b0 & 0x80 or 20 <= b0 <= 26):
+            return None
+        cut = end > n
+        if cut:
+            self._short(frame)
+            end = n
+        key = src + dst + bytes(data[udp : udp + 4])
+        self.datagram(key, v6, bytes(data[udp + 8 : end]), ts_ns, frame, cut)
+        return None
+
+    def _gtp_u(self, data: bytes | memoryview, pos: int, end: int, ts_ns: int, frame: int) -> None:
+        """Decode the IP packet inside a GTP-U G-PDU (3GPP TS 29.281 §5.1)."""
+        if pos + 8 > end or data[pos] & 0xF0 != 0x30 or data[pos + 1] != 0xFF:
+            return  # not GTP version 1 with PT=1, or not a G-PDU (echo, error indication)
+        flags = data[pos]
+        inner = pos + 8
+        if flags & 0x07:  # E, S or PN: the optional 4 bytes are present
+            if inner + 4 > end:
+                return
+            next_ext = data[inner + 3]
+            inner += 4
+            for _ in range(16):  # bounded walk over extension headers (each 4n bytes)
+                if not flags & 0x04 or next_ext == 0:
+                    break
+                if inner >= end or data[inner] == 0:
+                    return
+                size = data[inner] * 4
+                if inner + size > end:
+                    return
+                next_ext = data[inner + size - 1]
+                inner += size
+            else:
+                return
+        if inner >= end:
+            return
+        self._tunnelled = True
+        try:
+            self.packet(LINKTYPE_RAW, data[inner:end], ts_ns, frame)
+        finally:
+            self._tunnelled = False
 
     def _short(self, frame: int) -> None:
         self.snaplen_truncated += 1

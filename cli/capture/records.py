@@ -23,13 +23,23 @@ __all__ = [
     "hello_fields",
     "format_ts",
     "EMPTY_FIELDS",
+    "AFTER_HELLO_RETRY_REQUEST",
+    "AFTER_HELLO_VERIFY_REQUEST",
+    "AFTER_RETRY",
 ]
 
-# The record keys shared with ../shared/corpus/public/*.expected.jsonl (tshark's oracle).
+# The record keys: the first sixteen are shared with ../shared/corpus/public/*.expected.jsonl
+# (tshark's oracle); ``after`` and ``quic_version`` are ours (see `HelloRecord`).
 RECORD_KEYS: tuple[str, ...] = (
     "ts", "src", "sport", "dst", "dport", "transport", "sni", "alpn", "versions",
     "ciphers", "extensions", "groups", "sig_algs", "ja3", "ja4", "error",
+    "after", "quic_version",
 )  # fmt: skip
+
+# What a repeated hello answers (``HelloRecord.after``).
+AFTER_HELLO_RETRY_REQUEST = "hello_retry_request"  # TLS 1.3 (TCP, DTLS 1.3)
+AFTER_HELLO_VERIFY_REQUEST = "hello_verify_request"  # DTLS 1.0/1.2 cookie exchange
+AFTER_RETRY = "retry"  # QUIC Retry packet
 
 
 class CaptureError(Exception):
@@ -62,11 +72,18 @@ class Problem:
 class HelloRecord:
     """One ClientHello seen in a capture (or one that could not be parsed).
 
-    The first sixteen fields are `RECORD_KEYS`, with tshark's conventions: ``ts`` is
+    The first eighteen fields are `RECORD_KEYS`, with tshark's conventions: ``ts`` is
     epoch seconds as a string with nine decimals, lists are empty (never null) when
     the extension is absent, ``alpn`` is UTF-8 with backslash escapes, ``ja3`` is null
-    for an SSLv2 hello. ``error`` is None for a parsed hello, else the reason; then the
-    hello fields are empty.
+    for an SSLv2 hello. ``transport`` is ``tcp``, ``quic`` or ``dtls`` (JA4's first
+    character follows it). ``error`` is None for a parsed hello, else the reason; then
+    the hello fields hold what was read before the cut or the fault (a partial parse;
+    empty if nothing could be), and ``ja3``/``ja4`` are null.
+
+    ``after`` says what made the client send this hello again: None for a first hello,
+    ``"retry"`` (a QUIC Retry), ``"hello_verify_request"`` (a DTLS cookie exchange) or
+    ``"hello_retry_request"`` (TLS 1.3). ``quic_version`` names the QUIC version
+    (``"v1"``, ``"v2"``, ``"draft-29"``, ...) of a QUIC hello, else None.
 
     ``frame`` is the packet (1-based, per file) that completed the hello, ``file`` the
     input's name, ``hello`` the parsed `clienthello.ClientHello` (not serialised).
@@ -88,6 +105,8 @@ class HelloRecord:
     ja3: str | None
     ja4: str | None
     error: str | None
+    after: str | None = None
+    quic_version: str | None = None
     legacy_version: int | None = None
     sni_problems: list[str] = field(default_factory=list)
     sslv2: bool = False
@@ -114,16 +133,25 @@ def _alpn_text(proto: bytes) -> str:
     return proto.decode("utf-8", "backslashreplace")
 
 
-def hello_fields(hello: ClientHello) -> dict[str, Any]:
-    """The record fields derived from a parsed hello (shared with other commands)."""
-    try:
-        ja3: str | None = None if hello.sslv2 else clienthello.ja3(hello)
-    except (ValueError, KeyError):  # a fingerprint the library refuses for this hello
-        ja3 = None
-    try:
-        ja4: str | None = clienthello.ja4(hello, transport="tcp")
-    except (ValueError, KeyError):
-        ja4 = None
+def hello_fields(hello: ClientHello, transport: str = "tcp") -> dict[str, Any]:
+    """The record fields derived from a parsed hello (shared with other commands).
+
+    Args:
+        hello: a ClientHello; one read partially (``hello.complete`` False) gives the
+            fields it holds, no fingerprints, and its error as ``error``.
+        transport: ``tcp``, ``quic`` or ``dtls``, for JA4's first character.
+    """
+    ja3: str | None = None
+    ja4: str | None = None
+    if hello.complete:
+        try:
+            ja3 = None if hello.sslv2 else clienthello.ja3(hello)
+        except (ValueError, KeyError):  # a fingerprint the library refuses for this hello
+            ja3 = None
+        try:
+            ja4 = clienthello.ja4(hello, transport=transport)
+        except (ValueError, KeyError):
+            ja4 = None
     return {
         "sni": hello.server_name,
         "alpn": [_alpn_text(p) for p in hello.alpn_protocols or ()],
@@ -134,8 +162,8 @@ def hello_fields(hello: ClientHello) -> dict[str, Any]:
         "sig_algs": list(hello.signature_algorithms or ()),
         "ja3": ja3,
         "ja4": ja4,
-        "error": None,
-        "legacy_version": hello.legacy_version,
+        "error": None if hello.error is None else str(hello.error),
+        "legacy_version": None if "legacy_version" in hello.missing else hello.legacy_version,
         "sni_problems": list(hello.server_name_problems),
         "sslv2": hello.sslv2,
     }

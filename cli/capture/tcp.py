@@ -28,7 +28,14 @@ from dataclasses import dataclass
 import clienthello
 from clienthello import ClientHello, MalformedHello, NotTLS
 from sniinspect.capture.packets import PacketDecoder
-from sniinspect.capture.records import EMPTY_FIELDS, HelloRecord, format_ts, hello_fields
+from sniinspect.capture.records import (
+    AFTER_HELLO_RETRY_REQUEST,
+    EMPTY_FIELDS,
+    HelloRecord,
+    format_ts,
+    hello_fields,
+)
+from sniinspect.capture.udp import DatagramTable
 
 __all__ = ["FlowTable", "Limits"]
 
@@ -165,6 +172,12 @@ class FlowTable(PacketDecoder):
         self._sweeps = 0
         self._ts = 0
         self._frame = 0
+        # UDP (QUIC, DTLS) has its own table; its records join ours in ``out``.
+        self.udp = DatagramTable(file, self.limits, self._add_record)
+        self.datagram = self.udp.datagram
+
+    def _add_record(self, rec: HelloRecord) -> None:
+        self.out.append(rec)
 
     # -- reassembly ------------------------------------------------------------------
     def segment(
@@ -341,7 +354,7 @@ class FlowTable(PacketDecoder):
                 fl.scan_from = 1
                 self.held += len(fl.buf)
                 return
-            self._emit(fl, None, str(exc))
+            self._emit(fl, _partial(reader.buffered, exc), str(exc))
             return self._finish_flow(fl, None)
         self.held += len(data)
         fl.reader_bytes += len(data)
@@ -438,7 +451,9 @@ class FlowTable(PacketDecoder):
         src, dst = _addr(key[:alen]), _addr(key[alen : 2 * alen])
         sport = (key[2 * alen] << 8) | key[2 * alen + 1]
         dport = (key[2 * alen + 2] << 8) | key[2 * alen + 3]
-        fields = hello_fields(hello) if hello is not None else dict(EMPTY_FIELDS, error=error)
+        fields = hello_fields(hello) if hello is not None else dict(EMPTY_FIELDS)
+        if error is not None:
+            fields["error"] = error
         self.out.append(
             HelloRecord(
                 ts=format_ts(ts),
@@ -450,6 +465,7 @@ class FlowTable(PacketDecoder):
                 frame=frame,
                 file=self.file,
                 hello=hello,
+                after=AFTER_HELLO_RETRY_REQUEST if fl.hellos and error is None else None,
                 **fields,
             )
         )
@@ -466,7 +482,8 @@ class FlowTable(PacketDecoder):
                 elif fl.pending:
                     reason += " (segments missing from the capture)"
                 if fl.origin != "scan":
-                    self._emit(fl, None, f"{incomplete}: {reason}", at_end=True)
+                    partial = _partial(fl.reader.buffered, exc)
+                    self._emit(fl, partial, f"{incomplete}: {reason}", at_end=True)
             else:
                 if hello is not None:
                     self._emit(fl, hello, None, at_end=True)
@@ -499,6 +516,20 @@ class FlowTable(PacketDecoder):
             self._close(fl, "flow evicted (memory cap)")
 
     def finish(self) -> None:
-        """End of input: report every hello still incomplete."""
+        """End of input: report every hello still incomplete (TCP and UDP)."""
         for fl in list(self.flows.values()):
             self._close(fl, "capture ended before the hello completed")
+        self.udp.finish()
+
+
+def _partial(data: bytes, error: Exception) -> ClientHello | None:
+    """What a hello cut short or malformed holds (`clienthello.parse` ``partial=True``).
+
+    None when not even the start of a hello can be read (then the record's fields are
+    empty, as they are for an SSLv2 hello that failed).
+    """
+    try:
+        hello = clienthello.parse(data, partial=True)
+    except (NotTLS, MalformedHello):
+        return None
+    return None if hello.sslv2 and not hello.complete else hello

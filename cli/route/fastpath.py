@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from sniinspect.route.fastlog import LogBuffer
 from sniinspect.route.hellopeek import NEED_MORE, routing_name
 from sniinspect.route.relay import AUTO_CHUNK, HAVE_SPLICE, Relay
-from sniinspect.route.sockets import os_error
+from sniinspect.route.sockets import os_error, start_connect
 from sniinspect.route.table import Backend, Route
 
 if TYPE_CHECKING:
@@ -52,7 +52,6 @@ HAVE_FAST_PATH = hasattr(select, "epoll")
 TICK = 0.05  # how often deadlines are checked: timeouts are late by at most this much
 CHUNK = 1 << 16  # the shared receive buffer
 MAX_HELLO_READS = 4  # a hello still incomplete after this many reads is a slow one
-_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 _IN = getattr(select, "EPOLLIN", 1)
 _OUT = getattr(select, "EPOLLOUT", 4)
 _ET = getattr(select, "EPOLLET", 1 << 31)
@@ -352,18 +351,14 @@ class FastPath:
             conn.attempt += 1
             family, address = self._addresses[backend]
             conn.t_dial = time.perf_counter()
-            sock = socket.socket(family, socket.SOCK_STREAM | _NONBLOCK)
             try:
-                if not _NONBLOCK:
-                    sock.setblocking(False)
-                if family != socket.AF_UNIX:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                err = sock.connect_ex(address)
-                if err and err not in _INPROGRESS:
-                    raise OSError(err, os.strerror(err))
+                sock, err = start_connect(family, address)
             except OSError as exc:
-                sock.close()
                 self._dial_failed(conn, backend, os_error(exc))
+                continue
+            if err and err not in _INPROGRESS:
+                sock.close()
+                self._dial_failed(conn, backend, os_error(OSError(err, os.strerror(err))))
                 continue
             conn.bsock = sock
             conn.bfd = sock.fileno()

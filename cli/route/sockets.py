@@ -19,6 +19,7 @@ from sniinspect.route.table import Backend
 
 __all__ = [
     "Timeout",
+    "start_connect",
     "wait",
     "recv",
     "send_all",
@@ -95,6 +96,28 @@ async def send_all(
         view = view[n:]
 
 
+def start_connect(family: int, address: Any) -> tuple[socket.socket, int]:
+    """A non-blocking stream socket with its connect begun, and connect_ex's errno.
+
+    Non-blocking from creation (SOCK_NONBLOCK, no separate ioctl), TCP_NODELAY on TCP.
+    The errno is 0 or EINPROGRESS for a connect under way; any other is a failure, and
+    the caller closes the socket.
+
+    Raises:
+        OSError: the socket could not be made (out of descriptors, say).
+    """
+    sock = socket.socket(family, socket.SOCK_STREAM | _NONBLOCK)
+    try:
+        if not _NONBLOCK:
+            sock.setblocking(False)
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, sock.connect_ex(address)
+    except BaseException:
+        sock.close()
+        raise
+
+
 async def dial(loop: asyncio.AbstractEventLoop, backend: Backend, timeout: float) -> socket.socket:
     deadline = loop.time() + timeout
     if backend.path is not None:
@@ -108,14 +131,8 @@ async def dial(loop: asyncio.AbstractEventLoop, backend: Backend, timeout: float
             targets = [(info[0], info[4]) for info in infos]
     last: Exception = OSError(errno.EHOSTUNREACH, "no address")
     for family, address in targets:
-        # Non-blocking from creation (SOCK_NONBLOCK): no separate ioctl.
-        sock = socket.socket(family, socket.SOCK_STREAM | _NONBLOCK)
+        sock, err = start_connect(family, address)
         try:
-            if not _NONBLOCK:
-                sock.setblocking(False)
-            if family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = sock.connect_ex(address)
             if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
                 await wait(loop, sock.fileno(), True, deadline)
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
