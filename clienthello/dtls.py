@@ -20,9 +20,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clienthello._errors import HelloTooLarge, MalformedHello, NotTLS
+from clienthello._errors import (
+    ClientHelloError,
+    HelloTooLarge,
+    MalformedHello,
+    NeedMoreData,
+    NotTLS,
+)
 from clienthello._model import ClientHello
-from clienthello._parse import DTLS_HANDSHAKE_HEADER, parse_dtls_body
+from clienthello._parse import DTLS_HANDSHAKE_HEADER, parse_dtls_body, parse_partial_body
 from clienthello._record import CONTENT_TYPE_HANDSHAKE, HANDSHAKE_CLIENT_HELLO, Buffer
 
 __all__ = [
@@ -222,6 +228,25 @@ class DtlsReader:
         if data:
             self._read_datagram(data)
         return self.next_hello()
+
+    def partial(self) -> ClientHello | None:
+        """What the earliest unfinished ClientHello holds: the fields read whole before its
+        first missing byte (``.complete`` False; ``.error`` and ``.missing`` say what is
+        not there), as ``clienthello.parse(..., partial=True)`` does for TLS. None when
+        no hello is being put together or its first bytes have not come.
+        """
+        if not self._messages:
+            return None
+        message = self._messages[min(self._messages)]
+        if not message.have or message.have[0][0] != 0:
+            return None
+        held = message.have[0][1]
+        raw = message.raw()[: DTLS_HANDSHAKE_HEADER + held]
+        cut = NeedMoreData(message.length - held)
+        try:
+            return parse_partial_body(raw, DTLS_HANDSHAKE_HEADER, cut, dtls=True)
+        except ClientHelloError:
+            return None
 
     def next_hello(self) -> DtlsClientHello | None:
         """A hello completed but not yet returned (only when a datagram completed two)."""

@@ -249,6 +249,13 @@ class _CryptoStream:
     def message(self) -> bytes:
         return bytes(self.buf[: self.total])
 
+    def prefix(self) -> bytes:
+        """The bytes held from offset 0 up to the first gap (``b""`` without offset 0)."""
+        if not self.starts or self.starts[0] != 0:
+            return b""
+        end = self.ends[0] if self.total < 0 else min(self.ends[0], self.total)
+        return bytes(self.buf[:end])
+
 
 class InitialReader:
     """Reads the ClientHello from the client-to-server datagrams of one QUIC connection.
@@ -318,6 +325,24 @@ class InitialReader:
     def result(self) -> QuicClientHello | None:
         """The hello with its connection facts once complete, else None."""
         return self._result
+
+    def partial(self) -> ClientHello | None:
+        """What the CRYPTO stream holds of a hello that is not complete (yet).
+
+        The fields read whole before the first missing byte, as
+        ``clienthello.parse_handshake(..., partial=True)`` gives them: ``.complete``
+        False, ``.error`` and ``.missing`` say what is not there. The whole hello once
+        complete; None while nothing from the start of the hello has come.
+        """
+        if self._result is not None:
+            return self._result.hello
+        prefix = self._stream.prefix()
+        if len(prefix) < HANDSHAKE_HEADER:
+            return None
+        try:
+            return parse_handshake(prefix, partial=True)
+        except (NotTLS, MalformedHello):
+            return None
 
     @property
     def version(self) -> int | None:

@@ -460,3 +460,16 @@ def test_bit_flips_raise_only_library_errors(data: st.DataObject) -> None:
 def test_parse_dtls_handshake_raises_only_library_errors(data: bytes) -> None:
     with contextlib.suppress(ClientHelloError):
         clienthello.parse_dtls_handshake(b"\x01" + data)
+
+
+def test_partial_hello_before_the_last_fragment() -> None:
+    grams = datagrams("openssl-dtls12-mtu300")
+    (first, _second) = read_all(grams)
+    reader = DtlsReader()
+    assert reader.partial() is None
+    assert reader.feed(grams[0]) is None  # the first of two fragments
+    partial = reader.partial()
+    assert partial is not None and not partial.complete
+    assert partial.cookie == b"" and partial.random == first.hello.random
+    assert partial.cipher_suites == first.hello.cipher_suites  # all 84 in the first fragment
+    assert partial.missing  # what the second fragment would have brought

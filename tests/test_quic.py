@@ -880,3 +880,29 @@ def test_aioquic_client_follows_our_retry(version: int) -> None:
     assert found.token == b"router-token"
     assert found.hello.server_name == "router.example"
     assert found.datagrams == tuple(range(1, 1 + len(again)))
+
+
+def test_partial_hello_holds_what_came_before_the_first_gap() -> None:
+    message = hello_message("curl")
+    full = clienthello.parse_handshake(message)
+    ext = full.extension(0)  # server_name
+    assert ext is not None
+    cut = ext.offset + 4 + len(ext.data) + 10  # a little past the server_name extension
+    reader = InitialReader()
+    assert reader.partial() is None  # nothing yet
+    frames = [crypto_frame(0, message[:cut]), crypto_frame(cut + 50, message[cut + 50 :])]
+    assert reader.feed(build_initial(QUIC_V1, DCID, SCID, frames)) is None
+    partial = reader.partial()
+    assert partial is not None and not partial.complete
+    assert partial.server_name == full.server_name
+    assert partial.cipher_suites == full.cipher_suites
+    assert isinstance(partial.error, clienthello.NeedMoreData)
+    # A stream that does not start at offset 0 has nothing to show.
+    late = InitialReader()
+    assert late.feed(build_initial(QUIC_V1, DCID, SCID, [crypto_frame(100, message[100:])])) is None
+    assert late.partial() is None
+    # Once the gap is filled the whole hello comes, and partial() is that hello.
+    found = reader.feed(
+        build_initial(QUIC_V1, DCID, SCID, [crypto_frame(cut, message[cut:])], packet_number=1)
+    )
+    assert found is not None and reader.partial() == found.hello == full

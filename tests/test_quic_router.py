@@ -33,6 +33,7 @@ from helpers import self_signed_cert  # noqa: E402
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 from quic_peer import expected_sha256, fetch  # noqa: E402
 
+import clienthello  # noqa: E402
 from clienthello import quic  # noqa: E402
 from sniinspect.route.config import RouterConfig, build_config  # noqa: E402
 from sniinspect.route.observe import ConnectionLogWriter, Metrics  # noqa: E402
@@ -109,9 +110,7 @@ class Harness:
         self.registry = CollectorRegistry()
         writer = ConnectionLogWriter(Metrics(self.registry), on_log=self.lines.append)
         writer.open(True, None)
-        self.proxy = QuicProxy(
-            asyncio.get_running_loop(), config, writer, self.registry
-        )
+        self.proxy = QuicProxy(asyncio.get_running_loop(), config, writer, self.registry)
         self.proxy.start()
         self.port = self.proxy.addresses[0][1]
 
@@ -269,9 +268,7 @@ class Rebinder(asyncio.DatagramProtocol):
                 if inside.inside is not None and inside.client is not None:
                     inside.inside.sendto(data, inside.client)
 
-        transport, _ = await loop.create_datagram_endpoint(
-            Outside, local_addr=("127.0.0.1", 0)
-        )
+        transport, _ = await loop.create_datagram_endpoint(Outside, local_addr=("127.0.0.1", 0))
         self.outside = transport
         self.ports.append(transport.get_extra_info("sockname")[1])
         if old is not None:
@@ -534,3 +531,63 @@ def test_chromium_forced_onto_quic_through_the_router(
         assert line["ja4"].startswith("q13d") and line["datagrams_to_client"] > 0
 
     run(backends, test)
+
+
+def test_pending_caps_and_max_connections_count_quic_sessions(backends: dict[str, int]) -> None:
+    """Hellos that never finish hold pending slots; past the caps new ones are dropped."""
+
+    def first_initial() -> bytes:
+        # A real Initial of a hello that never completes: CRYPTO bytes 0..100 of 4,000.
+        hello_start = b"\x01\x00\x0f\x9c" + os.urandom(96)
+        return quic.build_initial(
+            1, os.urandom(8), os.urandom(8), [quic.crypto_frame(0, hello_start)]
+        )
+
+    def sender(count: int) -> Callable[[Harness], Awaitable[None]]:
+        async def test(h: Harness) -> None:
+            socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+            try:
+                for s in socks:  # three connections from 127.0.0.1, three ports
+                    s.sendto(first_initial(), ("127.0.0.1", h.port))
+                await asyncio.sleep(0.3)
+                assert h.proxy.pending_sessions == h.proxy.active_sessions == count
+                # The hello timeout applies its action (close) and frees the slots.
+                await h.wait_lines(count, timeout=5)
+                assert [line["reason"] for line in h.lines] == ["timeout"] * count
+                assert h.proxy.pending_sessions == 0
+                seen.append(h.metrics())
+            finally:
+                for s in socks:
+                    s.close()
+
+        return test
+
+    seen: list[str] = []
+    run(backends, sender(1), max_pending_per_client=1, hello_timeout=0.5)
+    assert 'reason="client_pending_limit"' in seen[-1]
+    run(backends, sender(2), max_connections=2, hello_timeout=0.5)
+    assert 'reason="max_connections"' in seen[-1]
+
+
+def test_idle_timeout_is_never_shorter_than_the_clients() -> None:
+    from sniinspect.route.quic import _idle_timeout
+
+    hello = clienthello.parse_handshake(
+        (Path(__file__).parent / "data" / "quic" / "aioquic-1.7.2.hs").read_bytes()
+    )
+    assert hello.max_idle_timeout == 60000
+    assert _idle_timeout(30.0, hello) == 60.0
+    assert _idle_timeout(90.0, hello) == 90.0
+    assert (
+        _idle_timeout(
+            30.0,
+            clienthello.parse_handshake(
+                clienthello.parse(
+                    (
+                        Path(__file__).parent.parent / "captures" / "hellos" / "python.bin"
+                    ).read_bytes()
+                ).raw
+            ),
+        )
+        == 30.0
+    )

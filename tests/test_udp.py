@@ -124,6 +124,8 @@ def test_quic_incomplete_and_cut_initials_are_errors() -> None:
     first = initials(HELLO, 3)[0]
     (rec,) = run_frames([frame(first)])
     assert rec.error == "capture ended before the hello completed" and rec.transport == "quic"
+    # What the first Initial held is shown, as tshark shows it: the name comes early.
+    assert rec.sni == "www.blogger.com" and rec.ciphers and rec.ja4 is None
     cut = FlowTable("t")
     cut.packet(228, frame(first)[:300], 1, 1)  # as if the snaplen were 300
     cut.finish()

@@ -303,7 +303,9 @@ class DatagramTable:
         if version is not None:
             spec = self._quic_module().VERSIONS.get(version)
             name = None if spec is None else spec.name.removeprefix("QUIC ")
-        self._record(fl, None, error, ts, frame, "quic", fl.after, name)
+        # The fields read before the first missing CRYPTO byte, as tshark shows them.
+        hello = None if reader is None else reader.partial()
+        self._record(fl, hello, error, ts, frame, "quic", fl.after, name)
 
     def _server_packet(self, fl: _Flow, client_key: bytes, payload: bytes) -> None:
         """A long-header packet from the server of ``fl``: only a Retry matters."""
@@ -448,8 +450,9 @@ class DatagramTable:
         if fl.kind == "quic":
             self._quic_error(fl, why, fl.last_ts, fl.last_frame, False)
         elif fl.dtls is not None and not fl.dtls.hellos:
+            hello = fl.dtls.partial()
             self._finish_dtls(fl)
-            self._record(fl, None, why, fl.last_ts, fl.last_frame, "dtls", None, None)
+            self._record(fl, hello, why, fl.last_ts, fl.last_frame, "dtls", None, None)
 
     def _drop(self, fl: _Flow) -> None:
         self._release(fl)
