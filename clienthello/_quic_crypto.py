@@ -2,16 +2,18 @@
 
 The one module of clienthello that imports `cryptography` (with `clienthello.quic`,
 which uses it). It knows nothing of the wire format: callers pass in the salt, the
-labels and the bytes to protect. HKDF-Extract is one HMAC-SHA256; HKDF-Expand-Label
-(RFC 8446 §7.1) is written out here, so that any `cryptography` from 3.4 on will do.
+labels and the bytes to protect. HKDF (RFC 5869, with RFC 8446 §7.1's Expand-Label)
+is written out here on the standard library's one-shot HMAC-SHA256; `cryptography`
+gives only AES (GCM, and ECB for the header-protection mask), so any version from 3.4
+on will do.
 """
 
 from __future__ import annotations
 
+import hmac
 import struct
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -39,9 +41,7 @@ _MAX_EXPAND = 255 * HASH_LENGTH
 
 def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
     """HKDF-Extract with SHA-256 (RFC 5869 §2.2): the HMAC of ``ikm`` keyed by ``salt``."""
-    mac = hmac.HMAC(salt, hashes.SHA256())
-    mac.update(ikm)
-    return mac.finalize()
+    return hmac.digest(salt, ikm, "sha256")
 
 
 def hkdf_expand_label(secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
@@ -69,9 +69,7 @@ def hkdf_expand_label(secret: bytes, label: bytes, context: bytes, length: int) 
     block = b""
     counter = 1
     while len(out) < length:  # at most 255 rounds, checked above
-        mac = hmac.HMAC(secret, hashes.SHA256())
-        mac.update(block + info + bytes([counter]))
-        block = mac.finalize()
+        block = hmac.digest(secret, block + info + bytes([counter]), "sha256")
         out += block
         counter += 1
     return out[:length]
