@@ -24,6 +24,7 @@ import io
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -406,6 +407,10 @@ def _context() -> Any:
     import multiprocessing
 
     methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1 and sys.platform == "linux":
+        # A single-threaded parent (the command line) forks safely, and its workers
+        # start with the engine already imported: no start-up to pay per run.
+        return multiprocessing.get_context("fork")
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
         # Workers fork from a server that has the engine imported (and nothing else:
