@@ -1184,8 +1184,8 @@ def run_sections(
             shown_term = {k: round(x, 3) if isinstance(x, float) else x for k, x in res.items()}
             log(f"  {t.name} term: {json.dumps(shown_term)}")
             continue
-        if section == "calls":
-            continue  # once, after the rounds (render)
+        if section in ("calls", "quic"):
+            continue  # once: calls after the rounds (render), quic on its own paths
         if section in router_cpu.SECTIONS:
             res = router_cpu.run_section(section, t.port, t.proc.pid if t.proc else None, args)
         elif section == "conn":
