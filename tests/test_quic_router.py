@@ -591,3 +591,33 @@ def test_idle_timeout_is_never_shorter_than_the_clients() -> None:
         )
         == 30.0
     )
+
+
+def test_a_cid_length_stays_known_while_any_session_uses_it(backends: dict[str, int]) -> None:
+    """Ending one session must not hide the others from short-header lookups."""
+    import time as _time
+
+    from sniinspect.route.observe import ConnectionLog
+    from sniinspect.route.quicsession import RELAYING, Session
+
+    async def test(h: Harness) -> None:
+        proxy = h.proxy
+        lst = proxy._listeners[0]
+        sessions = []
+        for n in (1, 2):
+            rec = ConnectionLog(_time.time(), f"127.0.0.1:{n}", "x", 0.0, _time.perf_counter())
+            s = Session(lst, ("127.0.0.1", n), bytes([n]) * 8, rec, None, 0.0, 1.0)
+            s.state = RELAYING
+            proxy._sessions.add(s)
+            proxy._add_cid(s, s.original_dcid)  # the client's original DCID: 8 bytes
+            s.cids.add(bytes([0x40 + n]) * 8)  # a server CID: 8 bytes too
+            proxy._add_cid(s, bytes([0x40 + n]) * 8)
+            sessions.append(s)
+        proxy._end(sessions[0])
+        assert proxy._cid_lengths == {8: 2}
+        short = bytes([0x40]) + bytes([0x42]) * 8 + b"payload"
+        assert proxy._by_cid.get(short[1:9]) is sessions[1]
+        proxy._end(sessions[1])
+        assert proxy._cid_lengths == {} and proxy._by_cid == {}
+
+    run(backends, test)

@@ -335,7 +335,7 @@ class QuicProxy:
         if old is not None:
             log.debug("new QUIC connection from %s replaces an older one", record.client)
         for cid in session.cids:
-            self._by_cid.setdefault(cid, session)
+            self._add_cid(session, cid)
         self._sessions.add(session)
         self.metrics.active.labels("quic").inc()
         session.pending_key = key
@@ -564,8 +564,7 @@ class QuicProxy:
             cid = header.source_cid
             if cid and cid not in session.cids and len(session.cids) < MAX_CIDS_PER_SESSION:
                 session.cids.add(cid)
-                self._by_cid.setdefault(cid, session)
-                self._cid_lengths[len(cid)] = self._cid_lengths.get(len(cid), 0) + 1
+                self._add_cid(session, cid)
             if header.packet_type == _RETRY:
                 session.retry_cid = cid
                 session.record.retry = True
@@ -574,6 +573,12 @@ class QuicProxy:
             if end <= offset:
                 return
             offset = end
+
+    def _add_cid(self, session: Session, cid: bytes) -> None:
+        """Find ``session`` by ``cid`` from now on (unless another session has it)."""
+        if self._by_cid.setdefault(cid, session) is session:
+            # Counted per CID held, so that a length stays tried while any session uses it.
+            self._cid_lengths[len(cid)] = self._cid_lengths.get(len(cid), 0) + 1
 
     def _drop_backend_socket(self, session: Session, sock: socket.socket) -> None:
         fd = sock.fileno()
