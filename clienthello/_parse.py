@@ -38,7 +38,13 @@ from clienthello._record import (
     Handshake,
     read_handshake,
 )
-from clienthello._sni import HOSTNAME_CHARS, decode_server_name, locate_fields, locate_tail
+from clienthello._sni import (
+    HOSTNAME_CHARS,
+    decode_server_name,
+    locate_fields,
+    locate_session_id,
+    locate_tail,
+)
 from clienthello._sni import overrun as _overrun
 from clienthello._sslv2 import parse_sslv2
 
@@ -210,15 +216,7 @@ def parse_dtls_body(raw: bytes) -> ClientHello:
     """
     end = len(raw)
     pos = DTLS_HANDSHAKE_HEADER
-    if pos + 35 > end:
-        raise _fail("legacy_version", f"body of {end - pos} bytes too short", pos)
-    sid = pos + 34
-    sid_len = raw[sid]
-    if sid_len > 32:
-        raise _fail("legacy_session_id", f"length {sid_len} exceeds 32", sid)
-    cookie = sid + 1 + sid_len
-    if cookie > end:
-        raise _overrun("legacy_session_id", sid_len, end - sid - 1, sid)
+    sid, cookie = locate_session_id(raw, pos, end)
     if cookie + 1 > end:
         raise _fail("cookie", "length missing", cookie)
     cs = cookie + 1 + raw[cookie]

@@ -21,7 +21,7 @@ from clienthello._record import (
 )
 from clienthello._sslv2 import parse_sslv2
 
-__all__ = ["sni", "locate_fields", "locate_tail", "decode_server_name"]
+__all__ = ["sni", "locate_fields", "locate_session_id", "locate_tail", "decode_server_name"]
 
 _u16 = struct.Struct("!H").unpack_from
 _u16x2 = struct.Struct("!HH").unpack_from
@@ -185,16 +185,29 @@ def locate_fields(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int, i
     Raises:
         MalformedHello: a vector overruns the body, or bytes are left over.
     """
+    sid, cs = locate_session_id(buf, pos, end)
+    return (sid, cs, *locate_tail(buf, cs, end))
+
+
+def locate_session_id(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """Check legacy_version, random and legacy_session_id from ``pos`` (the body's start).
+
+    Returns:
+        Offsets of legacy_session_id's length and of the field after it.
+
+    Raises:
+        MalformedHello: the body is too short, or the session ID is too long or overruns.
+    """
     if pos + 35 > end:
         raise MalformedHello("legacy_version", f"body of {end - pos} bytes too short", pos)
     sid = pos + 34
     sid_len = buf[sid]
     if sid_len > 32:
         raise MalformedHello("legacy_session_id", f"length {sid_len} exceeds 32", sid)
-    cs = sid + 1 + sid_len
-    if cs > end:
+    after = sid + 1 + sid_len
+    if after > end:
         raise overrun("legacy_session_id", sid_len, end - sid - 1, sid)
-    return (sid, cs, *locate_tail(buf, cs, end))
+    return sid, after
 
 
 def locate_tail(buf: bytes, cs: int, end: int) -> tuple[int, int, int]:

@@ -628,12 +628,7 @@ def _crypto_frames(payload: bytes, base: int, where: str) -> list[tuple[int, byt
         if frame_type == FRAME_CRYPTO:
             offset, pos = read_varint(payload, pos, n, f"{field} CRYPTO offset")
             length, pos = read_varint(payload, pos, n, f"{field} CRYPTO length")
-            if length > n - pos:
-                raise MalformedHello(
-                    f"{field} CRYPTO data",
-                    f"length {length} overruns the packet ({n - pos} bytes left)",
-                    base + pos,
-                )
+            _check_fits(length, pos, n, f"{field} CRYPTO data", base)
             found.append((offset, payload[pos : pos + length], base + start))
             pos += length
         elif frame_type == FRAME_PING:
@@ -644,18 +639,21 @@ def _crypto_frames(payload: bytes, base: int, where: str) -> list[tuple[int, byt
             _, pos = read_varint(payload, pos, n, f"{field} CONNECTION_CLOSE error_code")
             _, pos = read_varint(payload, pos, n, f"{field} CONNECTION_CLOSE frame_type")
             length, pos = read_varint(payload, pos, n, f"{field} CONNECTION_CLOSE reason_length")
-            if length > n - pos:
-                raise MalformedHello(
-                    f"{field} CONNECTION_CLOSE reason_phrase",
-                    f"length {length} overruns the packet ({n - pos} bytes left)",
-                    base + pos,
-                )
+            _check_fits(length, pos, n, f"{field} CONNECTION_CLOSE reason_phrase", base)
             pos += length
         else:
             raise MalformedHello(
                 field, f"frame type 0x{frame_type:02x} not allowed in an Initial", base + start
             )
     return found
+
+
+def _check_fits(length: int, pos: int, n: int, field: str, base: int) -> None:
+    """A frame's ``length`` bytes from ``pos`` must fit in the ``n``-byte payload."""
+    if length > n - pos:
+        raise MalformedHello(
+            field, f"length {length} overruns the packet ({n - pos} bytes left)", base + pos
+        )
 
 
 def _skip_ack(payload: bytes, pos: int, n: int, field: str, ecn: bool, base: int) -> int:

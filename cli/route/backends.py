@@ -25,29 +25,45 @@ class Dialer:
     def __init__(self, loop: asyncio.AbstractEventLoop, metrics: Metrics) -> None:
         self.loop = loop
         self.metrics = metrics
-        self._round_robin: dict[Route, int] = {}
+        self._round_robin: dict[tuple[Backend, ...], int] = {}
         self._down_until: dict[Backend, float] = {}
+
+    def order(self, backends: tuple[Backend, ...]) -> list[int]:
+        """Indices of ``backends`` in the order to try them: round robin from the one
+        after the last that answered, those that failed lately last (tried, not skipped:
+        if every backend is down, all are tried)."""
+        count = len(backends)
+        start = self._round_robin.get(backends, 0) % count
+        order = [(start + i) % count for i in range(count)]
+        if self._down_until and count > 1:
+            now = self.loop.time()
+            down = self._down_until
+            order.sort(key=lambda i: down.get(backends[i], 0.0) > now)
+        return order
+
+    def failed(self, backend: Backend) -> None:
+        """``backend`` refused or timed out: try it last for `BACKEND_RETRY_AFTER` seconds."""
+        self._down_until[backend] = self.loop.time() + BACKEND_RETRY_AFTER
+
+    def answered(self, backends: tuple[Backend, ...], index: int) -> None:
+        """``backends[index]`` answered: it is up, and the next turn starts after it (so a
+        dead backend does not double the share of the one listed after it)."""
+        if self._down_until:
+            self._down_until.pop(backends[index], None)
+        self._round_robin[backends] = index + 1
 
     async def connect(
         self, route: Route, connect_timeout: float, rec: ConnectionLog
     ) -> socket.socket | None:
-        """Dial the route's next backend, round robin; skip ones that fail.
+        """Dial the route's next backend in `order`; skip ones that fail.
 
-        A backend that refused or timed out is passed over for `BACKEND_RETRY_AFTER`
-        seconds (tried last, not never: if every backend is down, try them all).
         The outcome (backend, connect time, last error) is noted in ``rec``.
 
         Returns:
             The connected socket, or None when no backend answered.
         """
         backends = route.backends
-        count = len(backends)
-        start = self._round_robin.get(route, 0) % count
-        now = self.loop.time()
-        order = [(start + i) % count for i in range(count)]
-        if self._down_until:
-            order.sort(key=lambda i: self._down_until.get(backends[i], 0.0) > now)
-        for index in order:
+        for index in self.order(backends):
             backend = backends[index]
             label = str(backend)
             t0 = time.perf_counter()
@@ -56,14 +72,11 @@ class Dialer:
             except (OSError, Timeout) as exc:
                 err = "timeout" if isinstance(exc, Timeout) else os_error(exc)
                 self.metrics.connect_errors.labels(label, err).inc()
-                self._down_until[backend] = self.loop.time() + BACKEND_RETRY_AFTER
+                self.failed(backend)
                 rec.error = f"{label}: {err}"
                 log.debug("connect to %s failed: %s", label, err)
                 continue
-            self._down_until.pop(backend, None)
-            # The next connection starts after the one that answered, so a dead
-            # backend does not double the share of the one listed after it.
-            self._round_robin[route] = index + 1
+            self.answered(backends, index)
             elapsed = time.perf_counter() - t0
             self.metrics.connect_seconds.labels(label).observe(elapsed)
             rec.connect_ms = round(elapsed * 1000, 3)

@@ -327,18 +327,7 @@ class FastPath:
         """Start dialling the route's backends in the dialer's round-robin order."""
         route = conn.route
         assert route is not None
-        dialer = self.router._services_dialer()
-        count = len(route.backends)
-        start = dialer._round_robin.get(route, 0) % count
-        if count == 1:
-            conn.order = [0]
-        else:
-            order = [(start + i) % count for i in range(count)]
-            down = dialer._down_until
-            if down:
-                now = self.loop.time()
-                order.sort(key=lambda i: down.get(route.backends[i], 0.0) > now)
-            conn.order = order
+        conn.order = self.router._services_dialer().order(route.backends)
         conn.state = CONNECTING
         self._try_next(conn)
 
@@ -373,9 +362,8 @@ class FastPath:
 
     def _dial_failed(self, conn: FastConn, backend: Backend, err: str) -> None:
         label = str(backend)
-        dialer = self.router._services_dialer()
         self.router.metrics.connect_errors.labels(label, err).inc()
-        dialer._down_until[backend] = self.loop.time() + _retry_after()
+        self.router._services_dialer().failed(backend)
         conn.error = f"{label}: {err}"
 
     def _on_connected(self, conn: FastConn, ev: int) -> None:
@@ -391,10 +379,7 @@ class FastPath:
             self._dial_failed(conn, backend, errno.errorcode.get(err, str(err)))
             self._try_next(conn)
             return
-        dialer = self.router._services_dialer()
-        if dialer._down_until:
-            dialer._down_until.pop(backend, None)
-        dialer._round_robin[conn.route] = conn.order[conn.attempt - 1] + 1
+        self.router._services_dialer().answered(conn.route.backends, conn.order[conn.attempt - 1])
         conn.connect_s = time.perf_counter() - conn.t_dial
         conn.backend = str(backend)
         conn.error = None
@@ -686,9 +671,3 @@ class FastPath:
         for waiting in list(self.router._pending):
             if isinstance(waiting, FastConn):
                 self.evict(waiting)
-
-
-def _retry_after() -> float:
-    from sniinspect.route.backends import BACKEND_RETRY_AFTER
-
-    return BACKEND_RETRY_AFTER

@@ -34,6 +34,7 @@ from typing import Any
 
 import clienthello
 from clienthello import quic
+from sniinspect.route.backends import Dialer
 from sniinspect.route.config import Action, RouterConfig
 from sniinspect.route.observe import ConnectionLog, ConnectionLogWriter, QuicMetrics
 from sniinspect.route.quicsession import CLOSED, HELLO, RELAYING, Listener, Session
@@ -74,6 +75,8 @@ class QuicProxy:
         room: how many more sessions the router may hold now (``max_connections``
             shared with the TCP side); called for each new session.
         on_end: called after each session ends (the TCP side may resume accepting).
+        dialer: the router's backend chooser, so that round robin and the backends that
+            failed lately are shared with TCP (default: one of its own).
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class QuicProxy:
         worker: int | None = None,
         room: Callable[[], int] | None = None,
         on_end: Callable[[], None] | None = None,
+        dialer: Dialer | None = None,
     ) -> None:
         self.loop = loop
         self.config = config
@@ -101,7 +105,7 @@ class QuicProxy:
         self._cid_lengths: dict[int, int] = {}  # length -> sessions using it
         self._pending = 0
         self._pending_by_client: dict[str, int] = {}
-        self._round_robin: dict[Route, int] = {}
+        self._dialer = dialer or Dialer(loop, log_writer.metrics)
         self._sweeper: asyncio.TimerHandle | None = None
         self._closing = False
 
@@ -464,18 +468,17 @@ class QuicProxy:
     def _connect(self, session: Session, route: Route) -> None:
         rec = session.record
         backends = route.quic_backends or route.backends
-        count = len(backends)
-        start = self._round_robin.get(route, 0) % count
-        for i in range(count):
-            backend = backends[(start + i) % count]
+        for index in self._dialer.order(backends):
+            backend = backends[index]
             if backend.path is not None:
                 continue  # a unix socket takes no datagrams; config warns about it
             try:
                 sock = udp_socket_to(backend)
             except OSError as exc:
                 rec.error = f"{backend}: {errno_name(exc)}"
+                self._dialer.failed(backend)
                 continue
-            self._round_robin[route] = (start + i) + 1
+            self._dialer.answered(backends, index)
             session.backend = backend
             rec.backend = str(backend)
             self._use_backend_socket(session, sock)

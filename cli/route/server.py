@@ -151,6 +151,7 @@ class Router:
             worker=self._worker,
             room=self._room,
             on_end=self._session_done,
+            dialer=self._services.dialer if self._services is not None else None,
         )
         self._quic.start(reuse_port=self._reuse_port)
 

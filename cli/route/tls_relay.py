@@ -134,12 +134,7 @@ class TLSEnd(End):
                 break
             except ssl.SSLWantReadError:
                 await self.flush(max(deadline - self.loop.time(), 0.001))
-                data = await _recv(self.loop, self.sock, deadline)
-                self.raw_in += len(data)
-                if data:
-                    self.incoming.write(data)
-                else:
-                    self.incoming.write_eof()
+                await self._pull(deadline)
             except ssl.SSLError:
                 with contextlib.suppress(OSError, Timeout):
                     await self.flush(ALERT_GRACE)
@@ -164,12 +159,16 @@ class TLSEnd(End):
                 return b"".join(chunks)
             if self.outgoing.pending:  # e.g. the answer to a KeyUpdate
                 await self.flush(None)
-            data = await _recv(self.loop, self.sock, deadline)
-            self.raw_in += len(data)
-            if data:
-                self.incoming.write(data)
-            else:
-                self.incoming.write_eof()
+            await self._pull(deadline)
+
+    async def _pull(self, deadline: float | None) -> None:
+        """Move what the client sent next into the TLS object (EOF as EOF)."""
+        data = await _recv(self.loop, self.sock, deadline)
+        self.raw_in += len(data)
+        if data:
+            self.incoming.write(data)
+        else:
+            self.incoming.write_eof()
 
     async def write(self, data: bytes, timeout: float | None) -> None:
         self.obj.write(data)
