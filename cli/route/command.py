@@ -327,8 +327,9 @@ def _run_worker(
         loop.add_signal_handler(signal.SIGHUP, reload)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        addresses = ", ".join(f"{h}:{p}" for h, p in router.addresses)
-        log.info("listening on %s", addresses)
+        addresses = [f"{h}:{p} (tcp)" for h, p in router.addresses]
+        addresses += [f"{h}:{p} (quic)" for h, p in router.quic_addresses]
+        log.info("listening on %s", ", ".join(addresses))
         # Everything made so far (modules, configuration, listeners) lives as long as
         # the process: keep it out of the cyclic collector's scans, whose full passes
         # otherwise show up as latency spikes on connections.
