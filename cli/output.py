@@ -270,7 +270,9 @@ class RecordWriter:
         fmt: ``table`` (default for people), ``jsonl``, ``json`` or ``csv``.
         width: the table's width; default: the terminal's (80 when not a terminal
             is not assumed: a pipe gets the table's natural width, unclipped).
-        streaming: print table rows as they come (fixed widths) instead of at close.
+        streaming: print table rows as they come (fixed widths) instead of at close,
+            and flush after every record (input read as it arrives, e.g. ``live``);
+            otherwise the stream's own buffering holds lines until `close`.
     """
 
     def __init__(
@@ -301,17 +303,22 @@ class RecordWriter:
         rec = as_dict(record)
         self.count += 1
         if self.fmt == "jsonl":
-            self.out.write(json.dumps(_ordered(rec)) + "\n")
-            self.out.flush()
+            # A HelloRecord's dict is in _KEYS order already; a mapping is put in it.
+            line = _dumps(_ordered(rec) if isinstance(record, Mapping) else rec)
+            self.out.write(line + "\n")
+            if self.streaming:
+                self.out.flush()
         elif self.fmt == "json":
-            self.out.write(("[\n" if self.count == 1 else ",\n") + json.dumps(_ordered(rec)))
-            self.out.flush()
+            self.out.write(("[\n" if self.count == 1 else ",\n") + _dumps(_ordered(rec)))
+            if self.streaming:
+                self.out.flush()
         elif self.fmt == "csv":
             if self._csv is None:
                 self._csv = csv.writer(self.out, lineterminator="\n")
                 self._csv.writerow(_KEYS + _CSV_EXTRA)
             self._csv.writerow([_csv_cell(rec.get(k)) for k in _KEYS + _CSV_EXTRA])
-            self.out.flush()
+            if self.streaming:
+                self.out.flush()
         elif self.streaming:
             if self._stream_cols is None:
                 widths = {c[0]: max(_STREAM_WIDTHS[c[0]], len(c[1])) for c in _COLUMNS}
@@ -344,6 +351,9 @@ class RecordWriter:
             for line in render_table(self._rows, _COLUMNS, self.width):
                 self.out.write(line + "\n")
         self.out.flush()
+
+
+_dumps = json.JSONEncoder().encode  # json.dumps with its defaults, without the per-call checks
 
 
 def _ordered(rec: Mapping[str, Any]) -> dict[str, Any]:

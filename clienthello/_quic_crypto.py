@@ -59,12 +59,17 @@ def hkdf_expand_label(secret: bytes, label: bytes, context: bytes, length: int) 
     Raises:
         ValueError: ``length`` or the label is out of range.
     """
-    full_label = b"tls13 " + label
-    if not 0 <= length <= _MAX_EXPAND or len(full_label) > 255 or len(context) > 255:
-        raise ValueError("HKDF-Expand-Label argument out of range")
-    info = (
-        struct.pack("!HB", length, len(full_label)) + full_label + bytes([len(context)]) + context
-    )
+    info = _INFO.get((label, context, length))
+    if info is None:
+        full_label = b"tls13 " + label
+        if not 0 <= length <= _MAX_EXPAND or len(full_label) > 255 or len(context) > 255:
+            raise ValueError("HKDF-Expand-Label argument out of range")
+        info = struct.pack("!HB", length, len(full_label)) + full_label
+        info += bytes([len(context)]) + context
+        if len(_INFO) < 64:  # QUIC's few fixed labels; other callers just pay the packing
+            _INFO[(label, context, length)] = info
+    if length <= HASH_LENGTH:  # every QUIC use: one HMAC block
+        return hmac.digest(secret, info + b"\x01", "sha256")[:length]
     out = b""
     block = b""
     counter = 1
@@ -73,6 +78,10 @@ def hkdf_expand_label(secret: bytes, label: bytes, context: bytes, length: int) 
         out += block
         counter += 1
     return out[:length]
+
+
+# The HkdfLabel structures of the (label, context, length) triples seen so far.
+_INFO: dict[tuple[bytes, bytes, int], bytes] = {}
 
 
 class PacketProtection:

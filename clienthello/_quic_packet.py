@@ -230,8 +230,10 @@ def initial_protection(
     Raises:
         ValueError: the version is not in `VERSIONS`.
     """
-    client, server = initial_secrets(version, destination_cid)
-    return PacketProtection(*derive_key_iv_hp(version, client if is_client else server))
+    initial_secret = hkdf_extract(version_spec(version).initial_salt, destination_cid)
+    label = b"client in" if is_client else b"server in"
+    secret = hkdf_expand_label(initial_secret, label, b"", HASH_LENGTH)
+    return PacketProtection(*derive_key_iv_hp(version, secret))
 
 
 def retry_integrity_tag(version: int, original_destination_cid: bytes, retry: bytes) -> bytes:

@@ -28,9 +28,7 @@ def parse_sslv2(raw: bytes) -> ClientHello:
         raise MalformedHello("challenge", f"length {challenge_len}, not 16 to 32", 7)
     need = 9 + spec_len + sid_len + challenge_len
     if need > end:
-        raise MalformedHello(
-            "CLIENT-HELLO", f"lengths add up to {need}, the record holds {end}", 3
-        )
+        raise MalformedHello("CLIENT-HELLO", f"lengths add up to {need}, the record holds {end}", 3)
     if need < end:
         raise MalformedHello("CLIENT-HELLO", f"{end - need} trailing bytes", need)
     specs = raw[9 : 9 + spec_len]

@@ -11,6 +11,8 @@ DTLS 1.0 (0xfeff, ``d1``) though its number is lower.
 
 from __future__ import annotations
 
+from itertools import filterfalse
+
 from clienthello._model import GREASE_VALUES, ClientHello
 
 __all__ = ["ja3", "ja3_string", "ja4", "ja4_r", "ja4_version"]
@@ -31,14 +33,18 @@ _JA4_VERSIONS = {
     0xFEFC: "d3",
 }
 _JA4_TRANSPORTS = {"tcp": "t", "quic": "q", "dtls": "d"}
+# JA4's sorted extension list leaves out the two its prefix already counts.
+_NOT_IN_JA4_EXTENSIONS = frozenset({_SERVER_NAME, _ALPN})
+_is_grease = GREASE_VALUES.__contains__
+_hex4 = "{:04x}".format
 
 
 def ja3_string(hello: ClientHello) -> str:
     """The JA3 string, e.g. ``771,4865-4866,0-23-65281,29-23,0``."""
-    ciphers = "-".join(str(c) for c in hello.cipher_suites if c not in GREASE_VALUES)
-    extensions = "-".join(str(e.type) for e in hello.extensions if e.type not in GREASE_VALUES)
-    groups = "-".join(str(g) for g in hello.supported_groups or () if g not in GREASE_VALUES)
-    formats = "-".join(str(f) for f in hello.ec_point_formats or ())
+    ciphers = "-".join(map(str, filterfalse(_is_grease, hello.cipher_suites)))
+    extensions = "-".join(map(str, filterfalse(_is_grease, hello.extension_types)))
+    groups = "-".join(map(str, filterfalse(_is_grease, hello.supported_groups or ())))
+    formats = "-".join(map(str, hello.ec_point_formats or ()))
     return f"{hello.legacy_version},{ciphers},{extensions},{groups},{formats}"
 
 
@@ -76,15 +82,15 @@ def _ja4_parts(hello: ClientHello, transport: str | None) -> tuple[str, str, str
         proto = _JA4_TRANSPORTS[transport]
     except KeyError:
         raise ValueError(f"transport must be one of {sorted(_JA4_TRANSPORTS)}") from None
-    ciphers = sorted(f"{c:04x}" for c in hello.cipher_suites if c not in GREASE_VALUES)
-    ext_types = [e.type for e in hello.extensions if e.type not in GREASE_VALUES]
+    ciphers = sorted(map(_hex4, filterfalse(_is_grease, hello.cipher_suites)))
+    ext_types = list(filterfalse(_is_grease, hello.extension_types))
     sni = "d" if _SERVER_NAME in ext_types else "i"
     prefix = (
         f"{proto}{ja4_version(hello)}{sni}{min(len(ciphers), 99):02d}"
         f"{min(len(ext_types), 99):02d}{_alpn_chars(hello)}"
     )
-    exts = sorted(f"{t:04x}" for t in ext_types if t not in (_SERVER_NAME, _ALPN))
-    sigs = [f"{s:04x}" for s in hello.signature_algorithms or () if s not in GREASE_VALUES]
+    exts = sorted(map(_hex4, filterfalse(_NOT_IN_JA4_EXTENSIONS.__contains__, ext_types)))
+    sigs = list(map(_hex4, filterfalse(_is_grease, hello.signature_algorithms or ())))
     ext_part = ",".join(exts)
     if sigs:
         ext_part += "_" + ",".join(sigs)

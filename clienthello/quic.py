@@ -52,19 +52,13 @@ from clienthello._quic_crypto import (
     TAG_LENGTH,
     PacketProtection,
 )
+from clienthello._quic_frames import crypto_frames
 from clienthello._quic_packet import (
     CRYPTO_ERROR_BASE,
     DEFAULT_MAX_CRYPTO_BYTES,
     DEFAULT_MAX_PACKETS,
-    FRAME_ACK,
-    FRAME_ACK_ECN,
-    FRAME_CONNECTION_CLOSE,
-    FRAME_CRYPTO,
-    FRAME_PADDING,
-    FRAME_PING,
     MAX_CID_LENGTH,
     MIN_INITIAL_DATAGRAM,
-    NON_ZERO,
     PING_FRAME,
     QUIC_DRAFT_29,
     QUIC_V1,
@@ -83,7 +77,6 @@ from clienthello._quic_packet import (
     is_forcing_version_negotiation,
     pull_header,
     pull_quic_header,
-    read_varint,
     retry_integrity_tag,
 )
 from clienthello._record import HANDSHAKE_CLIENT_HELLO, HANDSHAKE_HEADER, Buffer
@@ -187,8 +180,11 @@ class _CryptoStream:
         self.ends: list[int] = []
         self.total = -1  # the ClientHello's length with its header, once known
 
-    def add(self, offset: int, data: bytes, field: str, at: int) -> bool:
-        """Merge a CRYPTO frame's data; True if it brought bytes of the hello not held."""
+    def add(self, offset: int, data: bytes, where: str, at: int) -> bool:
+        """Merge a CRYPTO frame's data; True if it brought bytes of the hello not held.
+
+        ``where`` names the packet (``"datagram 0 packet 0"``) for errors.
+        """
         end = offset + len(data)
         if self.total >= 0:
             end = min(end, self.total)  # bytes after the hello (a second hello after HRR)
@@ -196,7 +192,7 @@ class _CryptoStream:
             return False
         if end > self.limit:
             raise HelloTooLarge(
-                field,
+                f"{where} CRYPTO frame",
                 f"CRYPTO data up to offset {end} exceeds max_crypto_bytes {self.limit}",
                 at,
             )
@@ -211,7 +207,9 @@ class _CryptoStream:
             lo, hi = max(starts[k], offset), min(ends[k], end)
             if lo < hi and buf[lo:hi] != data[lo - offset : hi - offset]:
                 raise MalformedHello(
-                    field, f"CRYPTO bytes {lo}..{hi} differ from an earlier frame", at
+                    f"{where} CRYPTO frame",
+                    f"CRYPTO bytes {lo}..{hi} differ from an earlier frame",
+                    at,
                 )
             if starts[k] > cursor:
                 buf[cursor : starts[k]] = data[cursor - offset : starts[k] - offset]
@@ -227,7 +225,7 @@ class _CryptoStream:
             starts.insert(first, offset)
             ends.insert(first, end)
         if self.total < 0 and starts[0] == 0 and ends[0] >= HANDSHAKE_HEADER:
-            self._read_header(field, at)
+            self._read_header(f"{where} CRYPTO frame", at)
         return new
 
     def _read_header(self, field: str, at: int) -> None:
@@ -575,9 +573,9 @@ class InitialReader:
         self._largest_pn = max(self._largest_pn, pn)
         self._packets += 1
         contributed = False
-        for offset, data, at in _crypto_frames(payload, payload_offset, where):
+        for offset, data, at in crypto_frames(payload, payload_offset, where):
             self._crypto_frames += 1
-            if self._stream.add(offset, data, f"{where} CRYPTO frame", at):
+            if self._stream.add(offset, data, where, at):
                 contributed = True
         if contributed:
             if not self._datagrams or self._datagrams[-1] != index:
@@ -602,81 +600,3 @@ class InitialReader:
             datagrams=tuple(self._datagrams),
         )
         return self._result
-
-
-def _crypto_frames(payload: bytes, base: int, where: str) -> list[tuple[int, bytes, int]]:
-    """The CRYPTO frames of an Initial's payload: ``(offset, data, datagram offset)``.
-
-    PADDING, PING, ACK and CONNECTION_CLOSE are read and skipped; any other frame
-    type may not be in an Initial (RFC 9000 §12.4) and is a `MalformedHello`.
-    ``base`` is the payload's offset in the datagram, for error offsets.
-    """
-    found: list[tuple[int, bytes, int]] = []
-    n = len(payload)
-    pos = 0
-    number = 0
-    while pos < n:
-        frame_type = payload[pos]
-        if frame_type == FRAME_PADDING:
-            match = NON_ZERO.search(payload, pos)
-            pos = n if match is None else match.start()
-            continue
-        field = f"{where} frame {number}"
-        start = pos
-        pos += 1
-        number += 1
-        if frame_type == FRAME_CRYPTO:
-            offset, pos = read_varint(payload, pos, n, f"{field} CRYPTO offset")
-            length, pos = read_varint(payload, pos, n, f"{field} CRYPTO length")
-            _check_fits(length, pos, n, f"{field} CRYPTO data", base)
-            found.append((offset, payload[pos : pos + length], base + start))
-            pos += length
-        elif frame_type == FRAME_PING:
-            pass
-        elif frame_type in (FRAME_ACK, FRAME_ACK_ECN):
-            pos = _skip_ack(payload, pos, n, field, frame_type == FRAME_ACK_ECN, base)
-        elif frame_type == FRAME_CONNECTION_CLOSE:
-            _, pos = read_varint(payload, pos, n, f"{field} CONNECTION_CLOSE error_code")
-            _, pos = read_varint(payload, pos, n, f"{field} CONNECTION_CLOSE frame_type")
-            length, pos = read_varint(payload, pos, n, f"{field} CONNECTION_CLOSE reason_length")
-            _check_fits(length, pos, n, f"{field} CONNECTION_CLOSE reason_phrase", base)
-            pos += length
-        else:
-            raise MalformedHello(
-                field, f"frame type 0x{frame_type:02x} not allowed in an Initial", base + start
-            )
-    return found
-
-
-def _check_fits(length: int, pos: int, n: int, field: str, base: int) -> None:
-    """A frame's ``length`` bytes from ``pos`` must fit in the ``n``-byte payload."""
-    if length > n - pos:
-        raise MalformedHello(
-            field, f"length {length} overruns the packet ({n - pos} bytes left)", base + pos
-        )
-
-
-def _skip_ack(payload: bytes, pos: int, n: int, field: str, ecn: bool, base: int) -> int:
-    """Skip an ACK frame's fields after its type (RFC 9000 §19.3)."""
-    try:
-        for name in ("largest_acknowledged", "ack_delay"):
-            _, pos = read_varint(payload, pos, n, f"{field} ACK {name}")
-        count, pos = read_varint(payload, pos, n, f"{field} ACK range_count")
-        _, pos = read_varint(payload, pos, n, f"{field} ACK first_ack_range")
-        # Each range is two varints of at least one byte: a count that cannot fit is
-        # rejected before looping, so a 2**62 count costs nothing.
-        if count > (n - pos) // 2:
-            raise MalformedHello(
-                f"{field} ACK range_count",
-                f"{count} ranges cannot fit in {n - pos} bytes",
-                pos,
-            )
-        for _ in range(count):
-            _, pos = read_varint(payload, pos, n, f"{field} ACK gap")
-            _, pos = read_varint(payload, pos, n, f"{field} ACK ack_range_length")
-        if ecn:
-            for name in ("ect0_count", "ect1_count", "ecn_ce_count"):
-                _, pos = read_varint(payload, pos, n, f"{field} ACK {name}")
-    except MalformedHello as err:
-        raise err.moved(base + err.offset) from None
-    return pos

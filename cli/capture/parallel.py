@@ -315,7 +315,12 @@ class PartRunner:
             if ref is not None:
                 changes["error"] = _renumber(rec.error or "", ref[1])
         self.refs.append(ref)
-        yield ordinals[k], dataclasses.replace(rec, **changes)
+        if any(
+            getattr(rec, name) is not value and getattr(rec, name) != value
+            for name, value in changes.items()
+        ):
+            rec = dataclasses.replace(rec, **changes)
+        yield ordinals[k], rec
 
     def _check(self, w: Window, cap: Capture, reader: _RangeReader) -> None:
         """Ask for the whole file when a split did not hold (see `split`)."""
