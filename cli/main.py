@@ -93,6 +93,7 @@ def describe(hello: clienthello.ClientHello, transport: str | None = None) -> di
     ``transport`` (``tcp``, ``quic``, ``dtls``; default: ``dtls`` for a DTLS hello,
     else ``tcp``) is JA4's first character.
     """
+
     def named(values: tuple[int, ...] | None, name: Any) -> list[dict[str, Any]] | None:
         if values is None:
             return None

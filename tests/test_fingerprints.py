@@ -9,6 +9,7 @@ same functions against tshark and ja4-python on real captures.
 from __future__ import annotations
 
 import hashlib
+import struct
 
 import pytest
 from helpers import build_handshake, fixture_names, handshake_bytes, is_sslv2, layout, load, records
@@ -139,3 +140,51 @@ def test_ja4_extension_order_does_not_matter() -> None:
     b = clienthello.parse(records(hs, [len(hs)]))
     assert clienthello.ja4(a) == clienthello.ja4(b)
     assert clienthello.ja3(a) != clienthello.ja3(b)
+
+
+def _greased(grease: int, alpn: bytes = b"h2", sig: int = 0x0403) -> bytes:
+    """A Chrome-like handshake whose every GREASE slot holds ``grease``."""
+    groups = struct.pack("!HHH", 4, grease, 29)
+    versions = struct.pack("!BHH", 4, grease, 0x0304)
+    return build_handshake(
+        ciphers=(grease, 0x1301, 0x1302),
+        extensions=[
+            (grease, b""),
+            (0, b"\x00\x0e\x00\x00\x0bexample.com"),
+            (10, groups),
+            (13, struct.pack("!HH", 2, sig)),
+            (16, struct.pack("!HB", len(alpn) + 1, len(alpn)) + alpn),
+            (43, versions),
+            (grease ^ 0x1010, b"\x00"),
+        ],
+    )
+
+
+def test_analyzer_fingerprint_cache_follows_each_hello() -> None:
+    """The analyzer caches JA3/JA4 per hello shape with GREASE values merged: every
+    GREASE variant gets the library's own answers and its own GREASE values in its
+    lists, and hellos that differ in anything fingerprinted are not confused."""
+    from sniinspect.capture.records import hello_fields
+
+    seen = set()
+    for grease in sorted(GREASE):
+        hello = clienthello.parse(_framed(_greased(grease)))
+        fields = hello_fields(hello, "quic")
+        assert fields["ja3"] == clienthello.ja3(hello)
+        assert fields["ja4"] == clienthello.ja4(hello, transport="quic")
+        assert fields["ciphers"][0] == grease and fields["extensions"][0] == grease
+        assert fields["groups"][0] == grease and fields["versions"][0] == grease
+        seen.add((fields["ja3"], fields["ja4"]))
+    assert len(seen) == 1  # GREASE does not count in either fingerprint
+    for variant in (_greased(0x0A0A, alpn=b"h3"), _greased(0x0A0A, sig=0x0804)):
+        hello = clienthello.parse(_framed(variant))
+        for transport in ("tcp", "quic"):
+            fields = hello_fields(hello, transport)
+            assert fields["ja4"] == clienthello.ja4(hello, transport=transport)
+            assert fields["ja3"] == clienthello.ja3(hello)
+            seen.add((fields["ja3"], fields["ja4"]))
+    assert len(seen) == 5  # h3 and another signature algorithm: new JA4s, in t and q
+
+
+def _framed(handshake: bytes) -> bytes:
+    return records(handshake, [len(handshake)])

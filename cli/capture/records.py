@@ -9,12 +9,14 @@ An input that cannot be read at all raises `CaptureError` instead.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ipaddress
 import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 import clienthello
-from clienthello import ClientHello
+from clienthello import GREASE_VALUES, ClientHello
 
 __all__ = [
     "HelloRecord",
@@ -125,6 +127,13 @@ _DICT_KEYS = tuple(f.name for f in dataclasses.fields(HelloRecord) if f.name != 
 _dict_values = operator.attrgetter(*_DICT_KEYS)
 
 
+@functools.lru_cache(maxsize=65536)
+def address_text(raw: bytes) -> str:
+    """A 4- or 16-byte address as text (``"192.0.2.1"``, ``"2001:db8::1"``); cached, as
+    a capture names the same hosts again and again."""
+    return str(ipaddress.ip_address(raw))
+
+
 def format_ts(ts_ns: int) -> str:
     """Epoch nanoseconds as tshark's ``frame.time_epoch``: ``"1675707151.805776000"``."""
     sec, ns = divmod(ts_ns, 1_000_000_000)
@@ -146,14 +155,7 @@ def hello_fields(hello: ClientHello, transport: str = "tcp") -> dict[str, Any]:
     ja3: str | None = None
     ja4: str | None = None
     if hello.complete:
-        try:
-            ja3 = None if hello.sslv2 else clienthello.ja3(hello)
-        except (ValueError, KeyError):  # a fingerprint the library refuses for this hello
-            ja3 = None
-        try:
-            ja4 = clienthello.ja4(hello, transport=transport)
-        except (ValueError, KeyError):
-            ja4 = None
+        ja3, ja4 = _fingerprints(hello, transport)
     return {
         "sni": hello.server_name,
         "alpn": [_alpn_text(p) for p in hello.alpn_protocols or ()],
@@ -169,6 +171,46 @@ def hello_fields(hello: ClientHello, transport: str = "tcp") -> dict[str, Any]:
         "sni_problems": list(hello.server_name_problems),
         "sslv2": hello.sslv2,
     }
+
+
+def _fingerprints(hello: ClientHello, transport: str) -> tuple[str | None, str | None]:
+    """JA3 and JA4 of a complete hello, cached per hello shape.
+
+    The shape is every value the two depend on, with GREASE values (random per
+    connection in Chrome and Safari) all read as 0x0a0a, which neither fingerprint
+    counts: a client that sends the same hello again costs a lookup.
+    """
+    grease = _AS_GREASE.get
+    cs, ext = hello.cipher_suites, hello.extension_types
+    groups, versions = hello.supported_groups or (), hello.supported_versions or ()
+    key = (
+        transport, hello.sslv2, hello.legacy_version, tuple(map(grease, cs, cs)),
+        tuple(map(grease, ext, ext)), tuple(map(grease, groups, groups)),
+        tuple(map(grease, versions, versions)), hello.ec_point_formats,
+        hello.alpn_protocols, hello.signature_algorithms,
+    )  # fmt: skip
+    found = _FINGERPRINTS.get(key)
+    if found is not None:
+        return found
+    ja3: str | None = None
+    ja4: str | None = None
+    try:
+        ja3 = None if hello.sslv2 else clienthello.ja3(hello)
+    except (ValueError, KeyError):  # a fingerprint the library refuses for this hello
+        ja3 = None
+    try:
+        ja4 = clienthello.ja4(hello, transport=transport)
+    except (ValueError, KeyError):
+        ja4 = None
+    if len(_FINGERPRINTS) >= _FINGERPRINTS_KEPT:
+        _FINGERPRINTS.clear()
+    _FINGERPRINTS[key] = ja3, ja4
+    return ja3, ja4
+
+
+_AS_GREASE = dict.fromkeys(GREASE_VALUES, 0x0A0A)
+_FINGERPRINTS: dict[tuple[Any, ...], tuple[str | None, str | None]] = {}
+_FINGERPRINTS_KEPT = 4096  # shapes; the cache starts over when full
 
 
 # The hello fields of a record whose hello could not be parsed (``error`` is set).

@@ -218,9 +218,7 @@ def _pcap_last_ts(f: object, info: Input, at: int) -> int | None:
     return last
 
 
-def _pcapng_lead(
-    head: bytes, order: str
-) -> tuple[int, int | None, list[tuple[int, int, int]]]:
+def _pcapng_lead(head: bytes, order: str) -> tuple[int, int | None, list[tuple[int, int, int]]]:
     """Where a pcapng file's first packet block starts, that packet's time (ns), and the
     clocks of the interfaces described before it.
 

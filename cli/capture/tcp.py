@@ -21,7 +21,6 @@ Time, limits and addresses are parameters (see `Limits`); nothing here prints.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from sniinspect.capture.records import (
     AFTER_HELLO_RETRY_REQUEST,
     EMPTY_FIELDS,
     HelloRecord,
+    address_text,
     format_ts,
     hello_fields,
 )
@@ -138,10 +138,6 @@ class _Flow:
     @property
     def held(self) -> int:
         return self.pending_bytes + self.reader_bytes + len(self.buf) + len(self.head or b"")
-
-
-def _addr(raw: bytes) -> str:
-    return str(ipaddress.ip_address(raw))
 
 
 def _seq_diff(a: int, b: int) -> int:
@@ -448,7 +444,7 @@ class FlowTable(PacketDecoder):
         # flow's last packet (FIN, RST, data), as pure ACKs may never reach us.
         frame, ts = (fl.last_frame, fl.last_ts) if at_end else (self._frame, self._ts)
         alen = 16 if fl.v6 else 4
-        src, dst = _addr(key[:alen]), _addr(key[alen : 2 * alen])
+        src, dst = address_text(key[:alen]), address_text(key[alen : 2 * alen])
         sport = (key[2 * alen] << 8) | key[2 * alen + 1]
         dport = (key[2 * alen + 2] << 8) | key[2 * alen + 3]
         fields = hello_fields(hello) if hello is not None else dict(EMPTY_FIELDS)

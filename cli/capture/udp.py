@@ -26,7 +26,6 @@ datagram, so a capture without one never pays for it.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,7 @@ from sniinspect.capture.records import (
     AFTER_RETRY,
     EMPTY_FIELDS,
     HelloRecord,
+    address_text,
     format_ts,
     hello_fields,
 )
@@ -63,10 +63,6 @@ def _may_be_quic_version(version: int) -> bool:
     library's own table (`clienthello.quic.VERSIONS`) decides after.
     """
     return version == 1 or version == 0x6B3343CF or version >> 8 == 0xFF0000
-
-
-def _addr(raw: bytes) -> str:
-    return str(ipaddress.ip_address(raw))
 
 
 class _Flow:
@@ -425,9 +421,9 @@ class DatagramTable:
         self.emit(
             HelloRecord(
                 ts=format_ts(ts),
-                src=_addr(key[:a]),
+                src=address_text(key[:a]),
                 sport=(key[2 * a] << 8) | key[2 * a + 1],
-                dst=_addr(key[a : 2 * a]),
+                dst=address_text(key[a : 2 * a]),
                 dport=(key[2 * a + 2] << 8) | key[2 * a + 3],
                 transport=transport,
                 frame=frame,

@@ -261,9 +261,7 @@ class ConnectionLogWriter:
             with contextlib.suppress(OSError, ValueError):
                 self.stream.write(json.dumps(line, separators=(",", ":")) + "\n")
 
-    def render(
-        self, rec: ConnectionLog, hello: clienthello.ClientHello | None
-    ) -> dict[str, Any]:
+    def render(self, rec: ConnectionLog, hello: clienthello.ClientHello | None) -> dict[str, Any]:
         """The log dict of a finished connection (the hello's fields filled in)."""
         if hello is not None:
             describe(rec, hello)

@@ -279,9 +279,7 @@ class QuicProxy:
                 return
         self._drop("unknown_connection")
 
-    def _new_session(
-        self, lst: Listener, addr: tuple[str, int], data: bytes, header: Any
-    ) -> None:
+    def _new_session(self, lst: Listener, addr: tuple[str, int], data: bytes, header: Any) -> None:
         cfg = self.config
         if self._closing:
             self._drop("shutting_down")
@@ -325,9 +323,7 @@ class QuicProxy:
         )
         record.transport = "quic"
         record.quic_version = f"0x{header.version:08x}"
-        session = Session(
-            lst, addr, header.destination_cid, record, reader, now, cfg.hello_timeout
-        )
+        session = Session(lst, addr, header.destination_cid, record, reader, now, cfg.hello_timeout)
         session.version = header.version
         if header.source_cid:
             session.cids.add(header.source_cid)
@@ -686,5 +682,3 @@ def _varint(data: bytes) -> int:
     for byte in data[1:length]:
         value = (value << 8) | byte
     return value
-
-
