@@ -292,13 +292,15 @@ def quic_section(
     """The QUIC capture's Markdown section (``benchmarks/quic_capture.py``); SNIs equal?"""
     import quic_capture  # beside this file
 
-    text, ok = quic_capture.run(tmp, ours_cmd, tshark, timed, args.quic, args.quic_connections)
+    text, ok = quic_capture.run(
+        tmp, ours_cmd, tshark, timed, args.quic, args.quic_connections, args.jobs
+    )
     version = subprocess.run([tshark, "--version"], capture_output=True, text=True, check=False)
     text += (
         f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
         f"{version.stdout.splitlines()[0].rstrip('.') if version.stdout else 'tshark'}.\n"
         f"Command: `python benchmarks/pcap.py --quic {args.quic} "
-        f"--quic-connections {args.quic_connections}`\n"
+        f"--quic-connections {args.quic_connections} --jobs {args.jobs}`\n"
     )
     return text, ok
 
@@ -330,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: --jobs 1 against --jobs N on --packets (8 files, 1 file), Parquet "
         "against jsonl (benchmarks/pcap_parallel.py)",
     )
-    ap.add_argument("--jobs", type=int, default=2, help="N for --parallel")
+    ap.add_argument(
+        "--jobs", type=int, default=2, help="N for --parallel and the QUIC table's --jobs row"
+    )
     args = ap.parse_args(argv)
     tshark = shutil.which("tshark")
     # The console script beside this interpreter: a version manager's shim (pyenv)

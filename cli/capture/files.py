@@ -3,8 +3,8 @@
 Reads pcap (both byte orders, micro- and nanosecond) and pcapng (several sections,
 interfaces and link types), plain or gzip-compressed (detected by magic), from a path,
 a binary file object or ``"-"`` (standard input, streamed), and hands each frame to a
-`sniinspect.capture.tcp.FlowTable`. The file headers are decoded with dpkt's header
-classes; the records themselves are walked here with ``struct`` over large chunks
+`sniinspect.capture.tcp.FlowTable`. A pcap file's header is read with ``struct``, a
+pcapng Interface Description Block with dpkt's header class; the records themselves are walked here with ``struct`` over large chunks
 because dpkt's iterators cannot serve this tool: ``dpkt.pcap.Reader`` returns a short
 buffer without a word when a file is cut mid-record and float timestamps,
 ``dpkt.pcapng.Reader`` knows only the first interface (so a multi-interface file's
@@ -218,14 +218,13 @@ class Capture:
     # -> 0.636 (0.650 -> 0.674), the same packets as pcapng 0.706 -> 0.718 (0.716 -> 0.742).
     # What they share is per chunk, not per packet: `_next_chunk`.
     def _pcap(self, f: Any, magic: bytes) -> Iterator[HelloRecord]:
-        import dpkt.pcap  # type: ignore[import-untyped]
-
         order, ns_per_tick = _PCAP_MAGICS[magic]
         hdr = _read_exact(f, 24)
         if len(hdr) < 24:
             raise CaptureError(f"{self.name}: pcap file header cut short")
-        fh = (dpkt.pcap.FileHdr if order == ">" else dpkt.pcap.LEFileHdr)(hdr)
-        linktype = fh.linktype & 0x0FFFFFFF  # the upper bits carry FCS info (pcap-savefile)
+        # magic, version, thiszone, sigfigs, snaplen, then the link type (pcap-savefile);
+        # the link type's upper bits carry FCS information.
+        linktype = struct.unpack_from(order + "I", hdr, 20)[0] & 0x0FFFFFFF
         unpack = struct.Struct(order + "IIII").unpack_from
         # One unpack for the record length and every byte the fast path looks at, read
         # as if the frame were Ethernet/IPv4/TCP: ethertype + IP version/IHL, IP total
