@@ -27,10 +27,23 @@ __all__ = ["Relay", "Direction", "HAVE_SPLICE"]
 # Bytes moved per splice/recv; 1 MiB pipes make bulk transfers cheap per system call.
 PIPE_SIZE = 1 << 20
 COPY_CHUNK = 1 << 18
-# relay = "auto" starts every direction with a small buffer and moves it to splice once
-# a read fills that buffer (bulk data is flowing), as HAProxy's splice-auto does: a
-# short exchange (a TLS handshake, an API call) then never pays for two 1 MiB pipes.
+# relay = "auto" starts every direction with a small buffer, so that a short exchange (a
+# TLS handshake, an API call) never pays for two 1 MiB pipes, and splices once a read
+# fills it (bulk data is flowing), as HAProxy's splice-auto does. From then on it judges
+# its writes, WINDOW at a time: it splices while its destination keeps up (refused,
+# being full, fewer than 1 in FAST_CONSUMER of them) and each write moves at least
+# BIG_WRITE bytes on average; it copies while its destination falls behind (refused
+# WINDOW / SLOW_CONSUMER times within a window) or writes average under SMALL_WRITE.
+# Splice costs us the least CPU, but the consumer receives spliced data as the page
+# fragments it arrived in, and a consumer that is the bottleneck (a client decrypting a
+# TLS download) gets it faster copied into whole segments. Moves happen with the pipe or
+# buffer empty, so bytes stay in order.
 AUTO_CHUNK = 1 << 14
+WINDOW = 64
+SLOW_CONSUMER = 4
+FAST_CONSUMER = 64
+SMALL_WRITE = 1 << 16
+BIG_WRITE = 1 << 17
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 DEFAULT_PIPE_SIZE = 1 << 16  # Linux's, when a bigger one is refused
 HAVE_SPLICE = hasattr(os, "splice") and sys.platform.startswith("linux")
@@ -40,7 +53,7 @@ class Direction:
     """Bytes one way, src -> dst, with the kernel pipe (splice) or a buffer (copy)."""
 
     __slots__ = (
-        "auto",
+        "adaptive",
         "buf",
         "count",
         "done",
@@ -49,14 +62,17 @@ class Direction:
         "end",
         "eof",
         "held",
+        "judged",
+        "judged_bytes",
         "pipe_r",
         "pipe_size",
         "pipe_w",
         "reading",
+        "refused",
         "relay",
         "src",
         "start",
-        "upgradable",
+        "switch",
         "view",
         "writing",
     )
@@ -77,8 +93,9 @@ class Direction:
         self.buf: bytearray | None = None
         self.view: memoryview | None = None
         self.start = self.end = 0
-        self.upgradable = mode == "auto"  # may move to splice once bulk data shows
-        self.auto = False  # move to splice as soon as the buffer is drained
+        self.adaptive = mode == "auto"  # moves between copy and splice (see AUTO_CHUNK)
+        self.switch: str | None = None  # "copy" or "splice": move there once drained
+        self.judged = self.judged_bytes = self.refused = 0  # this window's writes
         if mode == "splice":
             self._open_pipe()
         else:
@@ -126,8 +143,8 @@ class Direction:
             else:
                 assert self.view is not None
                 n = os.readv(self.src, [self.view])
-                if n == len(self.view) and self.upgradable:
-                    self.auto = True  # a full buffer: bulk data, splice from now on
+                if n == len(self.view) == AUTO_CHUNK and self.adaptive:
+                    self.switch = "splice"  # the first buffer filled: bulk data flows
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -164,6 +181,9 @@ class Direction:
             except (BlockingIOError, InterruptedError):
                 # The destination is full: wait for it to take more, and stop reading
                 # the source until then (backpressure) unless a pipe has room left.
+                self.refused += 1
+                if self.adaptive and self.refused * SLOW_CONSUMER >= WINDOW:
+                    self._judge()  # slow already, however few writes this window has
                 if self.pipe_r < 0 or self.held >= self.pipe_size:
                     self._want_read(False)
                 self._want_write(True)
@@ -174,15 +194,13 @@ class Direction:
             self.held -= n
             self.count += n
             self.relay.last = self.relay.loop.time()
-        if self.auto and not self.eof:
-            # The buffer is empty, so bytes stay in order across the switch.
-            self.auto = self.upgradable = False
-            try:
-                self._open_pipe()
-            except OSError:  # out of descriptors: stay with the buffer
-                self.pipe_r = self.pipe_w = -1
-            else:
-                self.buf = self.view = None
+            if self.adaptive:
+                self.judged += 1
+                self.judged_bytes += n
+                if self.judged >= WINDOW:
+                    self._judge()
+        if self.switch is not None and not self.eof:
+            self._move()
         self._want_write(False)
         if self.eof:
             if not self.done:
@@ -194,13 +212,40 @@ class Direction:
         elif not self.reading and not self.relay.finished:
             self._want_read(True)
 
-    def stop(self) -> None:
-        self._want_read(False)
-        self._want_write(False)
+    def _judge(self) -> None:
+        """The last WINDOW writes say whether to copy or splice (see AUTO_CHUNK)."""
+        refused, writes, size = self.refused, self.judged, self.judged_bytes // WINDOW
+        self.judged = self.judged_bytes = self.refused = 0
+        if self.pipe_r >= 0:
+            if refused * SLOW_CONSUMER >= WINDOW or (writes >= WINDOW and size < SMALL_WRITE):
+                self.switch = "copy"
+        elif refused * FAST_CONSUMER < WINDOW and size >= BIG_WRITE:
+            self.switch = "splice"
+
+    def _move(self) -> None:
+        """Switch to the pipe or buffer `switch` names; called with nothing held."""
+        to, self.switch = self.switch, None
+        try:
+            if to == "splice":
+                self._open_pipe()
+                self.buf = self.view = None
+                return
+            buf = bytearray(COPY_CHUNK)
+        except (OSError, MemoryError):  # out of descriptors or memory: stay as we are
+            return
+        self._close_pipe()
+        self.buf, self.view = buf, memoryview(buf)
+
+    def _close_pipe(self) -> None:
         for fd in (self.pipe_r, self.pipe_w):
             if fd >= 0:
                 os.close(fd)
         self.pipe_r = self.pipe_w = -1
+
+    def stop(self) -> None:
+        self._want_read(False)
+        self._want_write(False)
+        self._close_pipe()
 
 
 class Relay:
