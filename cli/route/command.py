@@ -132,7 +132,8 @@ One JSON line per connection goes to --log-file (default stderr)."""
     "--relay",
     type=click.Choice(["auto", "splice", "copy"]),
     help="How bytes are moved: splice (Linux zero-copy), copy, or auto: copy until "
-    "bulk data flows, then splice [auto].",
+    "bulk data flows, then splice while the receiver keeps up and copy while it falls "
+    "behind (a client decrypting a download takes copied data faster) [auto].",
 )
 @click.option("--workers", type=int, help="Processes sharing the ports (SO_REUSEPORT) [1].")
 @click.option("--metrics", metavar="ADDR:PORT", help="Serve Prometheus metrics here.")
