@@ -223,6 +223,24 @@ def test_rotated_files_hello_split_between_them(tmp_path: Path) -> None:
     assert any((r["error"] or "").startswith("capture ended") for r in apart)
 
 
+def test_rotated_files_pair_up_into_equal_tasks(tmp_path: Path) -> None:
+    """Eight files of about half a part each make four tasks of two, even when two
+    files come to a few bytes over the part size (they once made five, two of them a
+    file alone, and two workers then waited on the fifth)."""
+    frames, _ = straddling_packets(40, seed=5)
+    per = len(frames) // 8
+    paths = []
+    for i in range(8):
+        path = tmp_path / f"ring-{i}.pcap"
+        write_pcap(path, frames[i * per : (i + 1) * per], T0 + i * per * 10e-6)
+        paths.append(str(path))
+    sizes = [Path(p).stat().st_size for p in paths]
+    pair = min(a + b for a, b in zip(sizes[::2], sizes[1::2], strict=True))
+    p = split.plan(paths, workers=2, part_size=pair - 1)
+    owned = [[w.path for r in t.runs for w in r.windows if w.role == "own"] for t in p.tasks]
+    assert owned == [paths[i : i + 2] for i in range(0, 8, 2)]
+
+
 # -- bad inputs ----------------------------------------------------------------------------
 def test_bad_files_among_good_ones(tmp_path: Path) -> None:
     random_bytes = tmp_path / "random.pcap"

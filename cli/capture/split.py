@@ -526,15 +526,21 @@ def _group(
         i, s, e = p
         return inputs[i].size if s is None else (e or 0) - s
 
+    # Each piece goes to the part_size slot its middle byte falls in, so that files of
+    # about half a part pair up however their sizes round (a cut by a running total
+    # left one file alone whenever two came to a byte over part_size).
     groups: list[list[_Piece]] = []
     cur: list[_Piece] = []
-    used = 0
+    cur_slot = done = 0
     for p in pieces:
-        if cur and (p[1] is not None or cur[-1][1] is not None or used + size(p) > part_size):
+        slot = (done + size(p) // 2) // part_size
+        if cur and (p[1] is not None or cur[-1][1] is not None or slot != cur_slot):
             groups.append(cur)
-            cur, used = [], 0
+            cur = []
+        if not cur:
+            cur_slot = slot
         cur.append(p)
-        used += size(p)
+        done += size(p)
     if cur:
         groups.append(cur)
     index = {p: n for n, p in enumerate(pieces)}
