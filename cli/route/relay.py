@@ -133,8 +133,9 @@ class Direction:
                 # The pipe is this direction's buffer: go on filling it while the
                 # destination is full, and pause the source only when the pipe is, so
                 # the sender keeps sending while a slower receiver catches up.
+                # A move to copy waits for an empty pipe: stop filling it meanwhile.
                 room = self.pipe_size - self.held
-                if room <= 0:
+                if room <= 0 or self.switch is not None:
                     self._want_read(False)
                     return
                 n = os.splice(
