@@ -766,8 +766,15 @@ def test_100mb_each_way_sha256(
     line = rt.wait_log(1)[0]
     assert line["bytes_from_client"] == size + len(hello)
     assert line["bytes_to_client"] == size
-    # splice pipes: one per direction, from the start or once bulk data flowed (auto)
-    assert len(pipes_opened) == (0 if relay == "copy" else 2)
+    # splice pipes: one per direction from the start (splice), none (copy); with auto,
+    # each direction splices once bulk data flows, and may move to copy and back as its
+    # receiver's pace changes (a new pipe each time): both directions, at least once.
+    if relay == "splice":
+        assert len(pipes_opened) == 2
+    elif relay == "copy":
+        assert pipes_opened == []
+    else:
+        assert len({id(d) for d in pipes_opened}) == 2
 
 
 def test_auto_relay_keeps_short_exchanges_off_splice(
