@@ -4,9 +4,10 @@ Reads pcap (both byte orders, micro- and nanosecond) and pcapng (several section
 interfaces and link types), plain or gzip-compressed (detected by magic), from a path,
 a binary file object or ``"-"`` (standard input, streamed), and hands each frame to a
 `sniinspect.capture.tcp.FlowTable`. A pcap file's header is read with ``struct``, a
-pcapng Interface Description Block with dpkt's header class; the records themselves are walked here with ``struct`` over large chunks
-because dpkt's iterators cannot serve this tool: ``dpkt.pcap.Reader`` returns a short
-buffer without a word when a file is cut mid-record and float timestamps,
+pcapng Interface Description Block with dpkt's header class; the records themselves
+are walked here with ``struct`` over large chunks because dpkt's iterators cannot
+serve this tool: ``dpkt.pcap.Reader`` returns a short buffer without a word when a file
+is cut mid-record and float timestamps,
 ``dpkt.pcapng.Reader`` knows only the first interface (so a multi-interface file's
 other link types would be misdecoded), and building one header object per record
 costs more than all our per-packet work.
