@@ -44,26 +44,8 @@ def crypto_frames(payload: bytes, base: int, where: str) -> list[tuple[int, byte
         pos += 1
         number += 1
         if frame_type == FRAME_CRYPTO:
-            # Offset and length are almost always 1- or 2-byte varints: read those here,
-            # and leave longer ones and every error to read_varint.
-            b = payload[pos] if pos + 4 <= n else 0xFF
-            if b < 0x40:
-                offset, pos = b, pos + 1
-            elif b < 0x80:
-                offset, pos = ((b & 0x3F) << 8) | payload[pos + 1], pos + 2
-            else:
-                offset, pos = read_varint(
-                    payload, pos, n, f"{where} frame {number - 1} CRYPTO offset"
-                )
-            b = payload[pos] if pos + 2 <= n else 0xFF
-            if b < 0x40:
-                length, pos = b, pos + 1
-            elif b < 0x80:
-                length, pos = ((b & 0x3F) << 8) | payload[pos + 1], pos + 2
-            else:
-                length, pos = read_varint(
-                    payload, pos, n, f"{where} frame {number - 1} CRYPTO length"
-                )
+            offset, pos = _varint(payload, pos, n, where, number - 1, "offset")
+            length, pos = _varint(payload, pos, n, where, number - 1, "length")
             if length > n - pos:
                 _check_fits(length, pos, n, f"{where} frame {number - 1} CRYPTO data", base)
             found.append((offset, payload[pos : pos + length], base + start))
@@ -74,6 +56,20 @@ def crypto_frames(payload: bytes, base: int, where: str) -> list[tuple[int, byte
             field = f"{where} frame {number - 1}"
             pos = _other_frame(payload, pos, n, field, frame_type, base, start)
     return found
+
+
+def _varint(
+    payload: bytes, pos: int, n: int, where: str, number: int, name: str
+) -> tuple[int, int]:
+    """A CRYPTO frame's offset or length: `read_varint`, with the 1- and 2-byte forms
+    (almost all of them) read here and the error's field name built only on error."""
+    if pos < n:
+        first = payload[pos]
+        if first < 0x40:
+            return first, pos + 1
+        if first < 0x80 and pos + 2 <= n:
+            return ((first & 0x3F) << 8) | payload[pos + 1], pos + 2
+    return read_varint(payload, pos, n, f"{where} frame {number} CRYPTO {name}")
 
 
 def _other_frame(

@@ -315,10 +315,7 @@ class PartRunner:
             if ref is not None:
                 changes["error"] = _renumber(rec.error or "", ref[1])
         self.refs.append(ref)
-        if any(
-            getattr(rec, name) is not value and getattr(rec, name) != value
-            for name, value in changes.items()
-        ):
+        if any(getattr(rec, name) != value for name, value in changes.items()):
             rec = dataclasses.replace(rec, **changes)
         yield ordinals[k], rec
 
