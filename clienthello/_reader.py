@@ -11,6 +11,7 @@ from clienthello._record import (
     CONTENT_TYPE_HANDSHAKE,
     HANDSHAKE_CLIENT_HELLO,
     HANDSHAKE_HEADER,
+    MAX_HELLO_LENGTH,
     MAX_RECORD_LENGTH,
     RECORD_HEADER,
     SSL2_HEADER,
@@ -71,8 +72,10 @@ class Reader:
         self._total = -1  # handshake message length with header, once known
         self._records = 0
         self._taken = 0  # bytes of the current record's body already looked at
-        # Each record adds a 5-byte header, so the message itself can be at most this.
-        self._max_handshake = max(0, max_size - RECORD_HEADER)
+        # Each record adds a 5-byte header, so the message itself can be at most this,
+        # and never more than any ClientHello can be (as `parse` rules).
+        largest = HANDSHAKE_HEADER + MAX_HELLO_LENGTH
+        self._max_handshake = max(0, min(max_size - RECORD_HEADER, largest))
 
     @property
     def buffered(self) -> bytes:

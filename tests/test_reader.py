@@ -144,6 +144,23 @@ def test_declared_size_over_limit_is_refused_early() -> None:
             r.feed(data[i : i + 1])
 
 
+def test_declared_size_no_hello_can_have_is_refused_under_any_limit() -> None:
+    """A length over the largest possible ClientHello fails at once, as in parse.
+
+    A large max_size must not turn it into a wait for bytes that, at EOF,
+    would end as "peer closed mid-hello" while parse says HelloTooLarge.
+    """
+    data = bytearray(load("python"))
+    data[6:9] = (196_657).to_bytes(3, "big")  # the handshake length, past 131,396
+    with pytest.raises(HelloTooLarge) as one_shot:
+        clienthello.parse(bytes(data))
+    r = Reader(max_size=1 << 20)
+    with pytest.raises(HelloTooLarge) as fed:
+        for i in range(9):  # record header (5) + handshake header (4)
+            r.feed(data[i : i + 1])
+    assert fed.value.field == one_shot.value.field
+
+
 def test_buffered_size_over_limit() -> None:
     """1-byte records make a 512-byte hello 3 KB on the wire: over a 1 KiB limit."""
     data = reframe(load("python"), [1] * 512)
