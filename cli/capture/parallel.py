@@ -145,6 +145,21 @@ class _RangeReader(io.RawIOBase):
 
     read1 = read
 
+    def readinto(self, view: Any) -> int:
+        if self._head or self._watch:
+            data = self.read(len(view))
+            view[: len(data)] = data
+            return len(data)
+        if self._left <= 0:
+            return 0
+        with memoryview(view) as whole, whole[: min(len(whole), self._left)] as part:
+            got = self._f.readinto(part) or 0
+        self._left -= got
+        self._read += got
+        if not got:
+            self._left = 0
+        return got
+
     def close(self) -> None:
         self._f.close()
         super().close()
