@@ -309,14 +309,16 @@ def quic_section(
     import quic_capture  # beside this file
 
     text, ok = quic_capture.run(
-        tmp, ours_cmd, tshark, timed, args.quic, args.quic_connections, args.jobs
-    )
+        tmp, ours_cmd, tshark, timed, args.quic, args.quic_connections, args.jobs,
+        args.quic_rounds,
+    )  # fmt: skip
     version = subprocess.run([tshark, "--version"], capture_output=True, text=True, check=False)
     text += (
         f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
         f"{version.stdout.splitlines()[0].rstrip('.') if version.stdout else 'tshark'}.\n"
         f"Command: `python benchmarks/pcap.py --quic {args.quic} "
-        f"--quic-connections {args.quic_connections} --jobs {args.jobs}`\n"
+        f"--quic-connections {args.quic_connections} --jobs {args.jobs} "
+        f"--quic-rounds {args.quic_rounds}`\n"
     )
     return text, ok
 
@@ -336,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--quic-connections", type=int, default=5000)
     ap.add_argument("--quic-only", action="store_true", help="only the QUIC capture")
+    ap.add_argument(
+        "--quic-rounds", type=int, default=3, help="runs of each tool on the QUIC capture"
+    )
     ap.add_argument(
         "--stress",
         type=int,
@@ -409,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         names, n = generate(cap, args.packets, args.hellos)
         gen_s = time.perf_counter() - t0
+        os.sync()  # write the new file back now, not while a tool is timed
         size = cap.stat().st_size
         print(
             f"generated {n} packets, {len(names)} hellos, {size >> 20} MiB in {gen_s:.1f} s",
