@@ -94,6 +94,21 @@ def test_one_segment_record_fields() -> None:
     assert list(rec.to_dict())[: len(RECORD_KEYS)] == list(RECORD_KEYS)
 
 
+def test_record_replace_is_dataclasses_replace() -> None:
+    """HelloRecord.replace (the parallel run's copy) gives what dataclasses.replace gives."""
+    import dataclasses
+
+    (rec,) = feed([(1001, hello())])
+    for changes in ({}, {"frame": 7}, {"frame": 9, "file": "b.pcap", "hello": None},
+                    {"error": "x (packet 3 of 4)"}):  # fmt: skip
+        got, want = rec.replace(**changes), dataclasses.replace(rec, **changes)
+        assert got == want and repr(got) == repr(want) and got.hello is want.hello
+        assert got.to_dict() == want.to_dict()
+    assert rec.frame == 2  # the original is left alone
+    with pytest.raises(TypeError, match="no field sni_name"):
+        rec.replace(sni_name="x")
+
+
 def test_one_byte_segments() -> None:
     data = hello("openssl")
     records = feed(split(data, [1] * len(data)))

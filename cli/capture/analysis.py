@@ -294,11 +294,11 @@ class Analysis:
             self.hellos += 1
             base = bases[ordinal]
             if base:
-                rec = dataclasses.replace(rec, frame=rec.frame + base)
+                rec = rec.replace(frame=rec.frame + base)
             ref = result.refs.get(n)
             if ref is not None:  # the packet its error text names, in its file
                 frame = _resolve(ref, bases, stats, before)
-                rec = dataclasses.replace(rec, error=_renumber(rec.error or "", frame))
+                rec = rec.replace(error=_renumber(rec.error or "", frame))
             yield part, rec
         problems: dict[int, list[Problem]] = {}
         for ordinal, prob in result.problems:

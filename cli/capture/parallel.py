@@ -331,7 +331,7 @@ class PartRunner:
                 changes["error"] = _renumber(rec.error or "", ref[1])
         self.refs.append(ref)
         if any(getattr(rec, name) != value for name, value in changes.items()):
-            rec = dataclasses.replace(rec, **changes)
+            rec = rec.replace(**changes)
         yield ordinals[k], rec
 
     def _check(self, w: Window, cap: Capture, reader: _RangeReader) -> None:

@@ -122,10 +122,36 @@ class HelloRecord:
         """The record as JSON-ready data: `RECORD_KEYS` first, then the extras."""
         return dict(zip(_DICT_KEYS, _dict_values(self), strict=True))
 
+    def replace(self, **changes: Any) -> HelloRecord:
+        """A copy with some fields changed: `dataclasses.replace`, in 4 us instead of 6.5.
+
+        A parallel run copies every record twice (relative frame numbers in the
+        worker, the file's in the parent, which writes them all once the last part
+        is in), so this is on its critical path.
+
+        Raises:
+            TypeError: a name that is not a field.
+        """
+        unknown = changes.keys() - _FIELD_SET
+        if unknown:
+            raise TypeError(f"HelloRecord has no field {', '.join(sorted(unknown))}")
+        new = _new_object(HelloRecord)
+        for name, value in zip(_FIELDS, _all_values(self), strict=True):
+            _set_attribute(new, name, value)
+        for name, value in changes.items():
+            _set_attribute(new, name, value)
+        return new
+
 
 # The fields `HelloRecord.to_dict` gives, in order, and one C-level getter for them all.
 _DICT_KEYS = tuple(f.name for f in dataclasses.fields(HelloRecord) if f.name != "hello")
 _dict_values = operator.attrgetter(*_DICT_KEYS)
+_FIELDS = tuple(f.name for f in dataclasses.fields(HelloRecord))
+_FIELD_SET = frozenset(_FIELDS)
+_all_values = operator.attrgetter(*_FIELDS)
+# A frozen dataclass's fields are set through object.__setattr__, as its __init__ does.
+_new_object = object.__new__
+_set_attribute = object.__setattr__
 
 
 @functools.lru_cache(maxsize=65536)
