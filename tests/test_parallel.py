@@ -199,6 +199,52 @@ def test_corrupt_record_mid_file_same_as_jobs_1(tmp_path: Path) -> None:
     assert 0 < len(one) < 30
 
 
+@pytest.mark.parametrize("order", ["in order", "reversed"])
+def test_pcap_parts_out_before_a_later_part_asks_for_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
+    """A pcap part's records go out once the parts before it are out; a corrupt record
+    found later re-runs the file whole, and only what comes after them is taken from it.
+    With results in order the first records are out before the corrupt part is read;
+    reversed, nothing is out before (the old way). Either gives jobs=1's output."""
+    from sniinspect.capture import analysis, parallel
+
+    frames, _ = straddling_packets(30, seed=9)
+    path = tmp_path / "corrupt.pcap"
+    write_pcap(path, frames)
+    data = bytearray(path.read_bytes())
+    pos = 24
+    for fr in frames[:120]:
+        pos += 16 + len(fr)
+    struct.pack_into("<I", data, pos + 8, 0x7FFFFFFF)  # record 121 claims 2 GiB
+    path.write_bytes(bytes(data))
+    one, one_problems = records(path, jobs=1)
+    ran: list[int] = []
+    out_after: list[int] = []  # how many tasks had run when each record came out
+
+    def run_here(self: Any, tasks: list[split.Task], client: Any) -> Any:
+        for t in tasks if order == "in order" else tasks[::-1]:
+            ran.append(t.index)
+            yield parallel.analyze_part(t)
+
+    monkeypatch.setattr(analysis.Analysis, "_run", run_here)
+    a = analyze([str(path)], jobs=2, part_size=1500, overlap=4096)
+    two = []
+    for rec in a:
+        out_after.append(len(ran))
+        two.append(rec.to_dict())
+    assert two == one and [str(p) for p in a.problems] == one_problems
+    serial = analyze([str(path)], jobs=1)
+    assert sum(1 for _ in serial) == len(one)
+    assert a.packets == serial.packets  # the parts' packets not counted twice
+    tasks = len(split.plan([str(path)], workers=2, part_size=1500, overlap=4096).tasks)
+    assert len(ran) > tasks  # the whole-file run came after the parts
+    if order == "in order":
+        assert out_after[0] < tasks  # out before the corrupt part was read
+    else:
+        assert out_after[0] > tasks
+
+
 # -- rotated captures ----------------------------------------------------------------------
 def test_rotated_files_hello_split_between_them(tmp_path: Path) -> None:
     frames, names = straddling_packets(20, seed=11)
