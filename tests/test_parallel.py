@@ -185,16 +185,19 @@ def test_pcapng_second_section_and_late_interface_rerun_whole(tmp_path: Path) ->
         assert sorted(r["sni"] for r in one) == sorted(names)
 
 
-def test_corrupt_record_mid_file_same_as_jobs_1(tmp_path: Path) -> None:
+def corrupt_pcap(path: Path, record: int) -> Path:
+    """30 straddling hellos in a pcap whose record number ``record`` claims 2 GiB."""
     frames, _ = straddling_packets(30, seed=9)
-    path = tmp_path / "corrupt.pcap"
     write_pcap(path, frames)
     data = bytearray(path.read_bytes())
-    pos = 24
-    for fr in frames[:50]:
-        pos += 16 + len(fr)
-    struct.pack_into("<I", data, pos + 8, 0x7FFFFFFF)  # record 51 claims 2 GiB
+    pos = 24 + sum(16 + len(fr) for fr in frames[: record - 1])
+    struct.pack_into("<I", data, pos + 8, 0x7FFFFFFF)
     path.write_bytes(bytes(data))
+    return path
+
+
+def test_corrupt_record_mid_file_same_as_jobs_1(tmp_path: Path) -> None:
+    path = corrupt_pcap(tmp_path / "corrupt.pcap", 51)
     one = _check_same([path], part_size=1500, overlap=4096)
     assert 0 < len(one) < 30
 
@@ -209,15 +212,7 @@ def test_pcap_parts_out_before_a_later_part_asks_for_the_whole_file(
     reversed, nothing is out before (the old way). Either gives jobs=1's output."""
     from sniinspect.capture import analysis, parallel
 
-    frames, _ = straddling_packets(30, seed=9)
-    path = tmp_path / "corrupt.pcap"
-    write_pcap(path, frames)
-    data = bytearray(path.read_bytes())
-    pos = 24
-    for fr in frames[:120]:
-        pos += 16 + len(fr)
-    struct.pack_into("<I", data, pos + 8, 0x7FFFFFFF)  # record 121 claims 2 GiB
-    path.write_bytes(bytes(data))
+    path = corrupt_pcap(tmp_path / "corrupt.pcap", 121)
     one, one_problems = records(path, jobs=1)
     ran: list[int] = []
     out_after: list[int] = []  # how many tasks had run when each record came out
