@@ -302,6 +302,25 @@ def timed(cmd: list[str], stdout: Path) -> tuple[float, int, str]:
     return dt, rss, err
 
 
+def timed_rounds(
+    commands: dict[str, tuple[list[str], Path]], rounds: int
+) -> dict[str, list[tuple[float, int, str]]]:
+    """Each command ``rounds`` times, in turn; by name, its `timed` runs, fastest first.
+
+    The fastest run is a tool's figure (as timeit takes it); the others show the spread.
+    """
+    runs: dict[str, list[tuple[float, int, str]]] = {name: [] for name in commands}
+    for _ in range(rounds):
+        for name, (cmd, out) in commands.items():
+            runs[name].append(timed(cmd, out))
+    return {name: sorted(r, key=lambda run: run[0]) for name, r in runs.items()}
+
+
+def spread(runs: list[tuple[float, int, str]]) -> str:
+    """The range of a `timed_rounds` entry's times, e.g. ``"0.96-1.01"``."""
+    return f"{runs[0][0]:.2f}-{runs[-1][0]:.2f}"
+
+
 def quic_section(
     args: argparse.Namespace, tmp: Path, ours_cmd: list[str], tshark: str
 ) -> tuple[str, bool]:
@@ -309,7 +328,7 @@ def quic_section(
     import quic_capture  # beside this file
 
     text, ok = quic_capture.run(
-        tmp, ours_cmd, tshark, timed, args.quic, args.quic_connections, args.jobs,
+        tmp, ours_cmd, tshark, timed_rounds, args.quic, args.quic_connections, args.jobs,
         args.rounds,
     )  # fmt: skip
     version = subprocess.run([tshark, "--version"], capture_output=True, text=True, check=False)
@@ -435,17 +454,9 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "dpkt": ([sys.executable, "-c", DPKT_LOOP, str(cap)], tmp / "dpkt.txt"),
         }  # fmt: skip
-        # Each tool args.rounds times, in turn; its fastest run is its figure.
-        runs: dict[str, list[tuple[float, int, str]]] = {name: [] for name in commands}
-        for _ in range(args.rounds):
-            for name, (cmd, out) in commands.items():
-                runs[name].append(timed(cmd, out))
-        spread = {
-            name: f"{min(r[0] for r in rs):.2f}-{max(r[0] for r in rs):.2f}"
-            for name, rs in runs.items()
-        }
+        runs = timed_rounds(commands, args.rounds)
         (ours_s, ours_rss, _), (ts_s, ts_rss, _), (dp_s, dp_rss, _) = (
-            min(runs[name], key=lambda run: run[0]) for name in commands
+            runs[name][0] for name in commands
         )
         ours = {json.loads(line)["sni"] for line in (tmp / "ours.jsonl").read_text().splitlines()}
         theirs = {
@@ -470,10 +481,10 @@ def main(argv: list[str] | None = None) -> int:
         version = subprocess.run([tshark, "--version"], capture_output=True, text=True, check=False)
         tshark_version = version.stdout.splitlines()[0].rstrip(".") if version.stdout else "tshark"
         rows = [
-            ("sniinspect pcap --format jsonl", ours_s, spread["ours"], ours_rss, len(ours)),
-            ("tshark -Y tls.handshake.type==1 -T fields", ts_s, spread["tshark"], ts_rss,
+            ("sniinspect pcap --format jsonl", ours_s, spread(runs["ours"]), ours_rss, len(ours)),
+            ("tshark -Y tls.handshake.type==1 -T fields", ts_s, spread(runs["tshark"]), ts_rss,
              len(theirs)),
-            ("plain dpkt loop (no reassembly)", dp_s, spread["dpkt"], dp_rss, dpkt_snis),
+            ("plain dpkt loop (no reassembly)", dp_s, spread(runs["dpkt"]), dp_rss, dpkt_snis),
         ]  # fmt: skip
         lines = [
             f"Capture: {n:,} packets, {size / 2**20:.0f} MiB, {len(names):,} ClientHellos "

@@ -316,7 +316,9 @@ def run(
     tmp: Path,
     ours_cmd: list[str],
     tshark: str,
-    timed: Callable[[list[str], Path], tuple[float, int, str]],
+    timed_rounds: Callable[
+        [dict[str, tuple[list[str], Path]], int], dict[str, list[tuple[float, int, str]]]
+    ],
     datagrams: int,
     connections: int,
     jobs: int = 2,
@@ -348,16 +350,10 @@ def run(
             tmp / "q.tsv",
         ),
     }
-    # Each tool `rounds` times, in turn; its fastest run is its figure (as timeit does),
-    # and the spread of its runs is shown.
-    runs: dict[str, list[tuple[float, int, str]]] = {name: [] for name in commands}
-    for _ in range(rounds):
-        for name, (cmd, out) in commands.items():
-            runs[name].append(timed(cmd, out))
-    best = {name: min(r, key=lambda run: run[0]) for name, r in runs.items()}
-    ours_s, ours_rss, ours_err = best["ours"]
-    par_s, par_rss, par_err = best["jobs"]
-    ts_s, ts_rss, ts_err = best["tshark"]
+    runs = timed_rounds(commands, rounds)  # each tool's runs, fastest first
+    ours_s, ours_rss, ours_err = runs["ours"][0]
+    par_s, par_rss, par_err = runs["jobs"][0]
+    ts_s, ts_rss, ts_err = runs["tshark"][0]
     recs: list[dict[str, Any]] = [
         json.loads(line) for line in (tmp / "q.jsonl").read_text().splitlines()
     ]
@@ -392,9 +388,9 @@ def run(
         ("tshark", "tshark -Y tls.handshake.type==1 -T fields", ts_s, ts_cpu, ts_rss,
          sum(theirs.values())),
     ):  # fmt: skip
-        times = [run[0] for run in runs[name]]
+        times = f"{runs[name][0][0]:.2f}-{runs[name][-1][0]:.2f}"
         lines.append(
-            f"| {label} | {secs:.2f} | {min(times):.2f}-{max(times):.2f} | {n / secs:,.0f} "
+            f"| {label} | {secs:.2f} | {times} | {n / secs:,.0f} "
             f"| {ts_s / secs:.1f}x | {cpu:.2f} | {ts_cpu / cpu:.1f}x | {rss} | {found:,} |"
         )
     lines += [

@@ -306,7 +306,7 @@ class Analysis:
                     self._problem(Problem(path, f"analysis failed: {result.error}"))
         yield from self._emit(task.index, result, skip)
         for i in sorted(whole):
-            yield from self._emit(task.index, whole[i], set(), released or {})
+            yield from self._emit(task.index, whole[i], set(), released)
 
     def _emit(
         self,

@@ -215,26 +215,11 @@ class Capture:
             )
         )
 
-    def _next_chunk(self, f: Any, rest: bytes, what: str) -> bytes:
-        """``rest`` (the unread end of the last chunk) followed by the next chunk of ``f``.
-
-        Returns ``b""`` at the end of ``f``, after reporting a non-empty ``rest`` as a
-        ``what`` cut short. Reports progress, once per chunk read.
-        """
-        chunk = _read1(f, _CHUNK)
-        if self.progress is not None:
-            self.progress(self._pos(), self._total)
-        if not chunk:
-            if rest:
-                self._truncated(what)
-            return b""
-        return rest + chunk if rest else chunk
-
     def _fill(self, f: Any, buf: bytearray, have: int) -> tuple[bytearray, int]:
         """Read the next chunk of ``f`` into ``buf`` after its first ``have`` bytes.
 
-        Returns the buffer (a larger one when ``have`` filled it: a record longer than
-        a chunk) and the number of bytes read, 0 at the end of ``f``.
+        Returns the buffer (a larger one when ``have`` filled it: a record or block
+        longer than a chunk) and the number of bytes read, 0 at the end of ``f``.
         Reports progress, once per chunk read. Reading into one buffer instead of
         joining new ``bytes`` chunks saves a copy and a fresh allocation per chunk:
         0.10 s instead of 0.18-0.23 s to walk the 251 MiB QUIC capture of
@@ -253,6 +238,7 @@ class Capture:
     # per-format step for each record, they read the benchmarks/pcap.py capture (300,000
     # packets; engine CPU seconds, best of 7, medians in brackets) 2-5% slower: pcap 0.607
     # -> 0.636 (0.650 -> 0.674), the same packets as pcapng 0.706 -> 0.718 (0.716 -> 0.742).
+    # What they share is per chunk, not per packet: `_fill`.
     def _pcap(self, f: Any, magic: bytes) -> Iterator[HelloRecord]:
         order, ns_per_tick = _PCAP_MAGICS[magic]
         hdr = _read_exact(f, 24)
@@ -340,8 +326,8 @@ class Capture:
         order = "<"
         # per interface: (linktype, numerator, denominator, offset_ns) of ts -> ns
         ifaces: list[tuple[int, int, int, int]] = []
-        buf = b""
-        pos = 0
+        buf = bytearray(_CHUNK)
+        have = 0  # bytes at the front of buf kept from the last chunk (a block's start)
         frame = self.frame_base
         epb = struct.Struct("<IIIII")
         # As in _pcap: one unpack for an Enhanced Packet Block's header and the bytes
@@ -349,8 +335,13 @@ class Capture:
         peek_fmt = "IIIIII4x12x3sxBB5xB2x12s8xBB"
         peek = struct.Struct("<" + peek_fmt).unpack_from
         ether_ifaces: set[int] = set()  # ids of the interfaces whose link type is Ethernet
-        while buf := self._next_chunk(f, buf[pos:], "a pcapng block"):
-            pos, end = 0, len(buf)
+        while True:
+            buf, got = self._fill(f, buf, have)
+            if not got:
+                if have:
+                    self._truncated("a pcapng block")
+                break
+            pos, end = 0, have + got
             while pos + 12 <= end:
                 if pos + 76 <= end:
                     (bt, blen, iface, _hi, _lo, caplen, ether_ip, len_hi, len_lo, proto, key,
@@ -374,7 +365,7 @@ class Capture:
                         frame += 1
                         pos += blen
                         continue
-                btype = buf[pos : pos + 4]
+                btype = bytes(buf[pos : pos + 4])
                 if btype == _PCAPNG_MAGIC:  # Section Header Block: byte order may change
                     bom = buf[pos + 8 : pos + 12]
                     if bom == b"\x4d\x3c\x2b\x1a":
@@ -419,14 +410,14 @@ class Capture:
                     lt, num, den, toff = ifaces[iface]
                     pend = start + caplen
                     ticks = (ts_hi << 32) | ts_lo
-                    slow(lt, buf[start:pend], ticks * num // den + toff, frame)
+                    slow(lt, bytes(buf[start:pend]), ticks * num // den + toff, frame)
                 elif bt == 3:  # Simple Packet Block: interface 0, no timestamp
                     frame += 1
                     if ifaces:
                         wire = struct.unpack_from(order + "I", buf, pos + 8)[0]
                         start = pos + 12
                         pend = min(start + wire, stop - 4)
-                        slow(ifaces[0][0], buf[start:pend], 0, frame)
+                        slow(ifaces[0][0], bytes(buf[start:pend]), 0, frame)
                 elif bt == 2:  # obsolete Packet Block
                     frame += 1
                     iface, ts_hi, ts_lo, caplen = struct.unpack_from(order + "HxxIII", buf, pos + 8)
@@ -435,7 +426,7 @@ class Capture:
                         lt, num, den, toff = ifaces[iface]
                         slow(
                             lt,
-                            buf[start : start + caplen],
+                            bytes(buf[start : start + caplen]),
                             ((ts_hi << 32) | ts_lo) * num // den + toff,
                             frame,
                         )
@@ -446,7 +437,7 @@ class Capture:
                         else dpkt.pcapng.InterfaceDescriptionBlock
                     )
                     try:
-                        idb = cls(buf[pos:stop])
+                        idb = cls(bytes(buf[pos:stop]))
                     except (dpkt.UnpackError, struct.error, ValueError) as exc:
                         raise CaptureError(
                             f"{self.name}: bad pcapng interface block: {exc}"
@@ -466,6 +457,8 @@ class Capture:
                     self.packets = frame
                     yield from self._flush()
             self.packets = frame
+            have = end - pos
+            buf[:have] = buf[pos:end]
 
 
 def _read_exact(f: Any, n: int) -> bytes:

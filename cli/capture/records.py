@@ -125,9 +125,8 @@ class HelloRecord:
     def replace(self, **changes: Any) -> HelloRecord:
         """A copy with some fields changed: `dataclasses.replace`, in 4 us instead of 6.5.
 
-        A parallel run copies every record twice (relative frame numbers in the
-        worker, the file's in the parent, which writes them all once the last part
-        is in), so this is on its critical path.
+        A parallel run copies every record twice (frame numbers relative to its part
+        in the worker, the file's in the parent), so this is on its critical path.
 
         Raises:
             TypeError: a name that is not a field.
