@@ -32,11 +32,16 @@ def crypto_frames(payload: bytes, base: int, where: str) -> list[tuple[int, byte
     """
     found: list[tuple[int, bytes, int]] = []
     n = len(payload)
+    # Where the trailing zeros start (one C call): PADDING from there on, most of a
+    # client's first Initial, is skipped without scanning it.
+    zeros_from = len(payload.rstrip(b"\x00"))
     pos = 0
     number = 0
     while pos < n:
         frame_type = payload[pos]
         if frame_type == FRAME_PADDING:
+            if pos >= zeros_from:
+                break
             match = NON_ZERO.search(payload, pos)
             pos = n if match is None else match.start()
             continue

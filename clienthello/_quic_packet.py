@@ -24,6 +24,7 @@ from clienthello._quic_crypto import (
     PacketProtection,
     aead_tag,
     hkdf_expand_label,
+    hkdf_expand_labels,
     hkdf_extract,
 )
 from clienthello._record import Buffer
@@ -208,11 +209,11 @@ def derive_key_iv_hp(version: int, secret: bytes) -> tuple[bytes, bytes, bytes]:
         ValueError: the version is not in `VERSIONS`.
     """
     spec = version_spec(version)
-    return (
-        hkdf_expand_label(secret, spec.key_label, b"", KEY_LENGTH),
-        hkdf_expand_label(secret, spec.iv_label, b"", IV_LENGTH),
-        hkdf_expand_label(secret, spec.hp_label, b"", KEY_LENGTH),
+    key, iv, hp = hkdf_expand_labels(
+        secret,
+        ((spec.key_label, KEY_LENGTH), (spec.iv_label, IV_LENGTH), (spec.hp_label, KEY_LENGTH)),
     )
+    return key, iv, hp
 
 
 @functools.lru_cache(maxsize=1024)

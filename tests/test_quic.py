@@ -12,6 +12,7 @@ the CONNECTION_CLOSE and Retry we build.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import itertools
 import random
 import subprocess
@@ -23,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import clienthello
-from clienthello import ClientHelloError, HelloTooLarge, MalformedHello, NotTLS, quic
+from clienthello import ClientHelloError, HelloTooLarge, MalformedHello, NotTLS, _quic_crypto, quic
 from clienthello._quic_packet import read_varint
 from clienthello.quic import (
     PING_FRAME,
@@ -217,6 +218,43 @@ def test_rfc_initial_keys(version: int) -> None:
     assert tuple(k.hex() for k in quic.derive_key_iv_hp(version, server)) == server_keys
     protection = quic.initial_protection(version, RFC_DCID, is_client=False)
     assert (protection.key.hex(), protection.iv.hex(), protection.hp.hex()) == server_keys
+
+
+def _reference_expand_label(secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
+    """RFC 8446 §7.1 over the standard library's `hmac`, block by block (RFC 5869 §2.3)."""
+    full = b"tls13 " + label
+    info = length.to_bytes(2, "big") + bytes([len(full)]) + full + bytes([len(context)]) + context
+    out, block = b"", b""
+    for counter in range(1, 256):
+        if len(out) >= length:
+            break
+        block = hmac.digest(secret, block + info + bytes([counter]), "sha256")
+        out += block
+    return out[:length]
+
+
+@given(
+    salt=st.binary(max_size=150),
+    ikm=st.binary(max_size=150),
+    label=st.binary(max_size=40),
+    context=st.binary(max_size=40),
+    length=st.integers(0, 200),
+)
+def test_hkdf_agrees_with_the_standard_library_hmac(
+    salt: bytes, ikm: bytes, label: bytes, context: bytes, length: int
+) -> None:
+    # The HMAC is ours (SHA-256 states of the padded key, copied per MAC): keys shorter
+    # than, equal to and longer than SHA-256's 64-byte block, outputs over one block.
+    secret = _quic_crypto.hkdf_extract(salt, ikm)
+    assert secret == hmac.digest(salt, ikm, "sha256")
+    expected = _reference_expand_label(secret, label, context, length)
+    assert _quic_crypto.hkdf_expand_label(secret, label, context, length) == expected
+    if not context:
+        pair = _quic_crypto.hkdf_expand_labels(ikm, [(label, length), (b"quic iv", 12)])
+        assert pair == [
+            _reference_expand_label(ikm, label, b"", length),
+            _reference_expand_label(ikm, b"quic iv", b"", 12),
+        ]
 
 
 @pytest.mark.parametrize("version", [QUIC_V1, QUIC_V2])
