@@ -34,6 +34,15 @@ BASE_TS = 1_700_000_000 * 10**9  # 2023-11-14T22:13:20Z, in nanoseconds, as in m
 _ETHER = bytes.fromhex("020000000002020000000001")
 # The bare ServerHello of make.py's FAKE_SERVER_HELLO, as a server's CRYPTO data.
 SERVER_HELLO = bytes.fromhex("020000260303") + bytes(range(32)) + b"\x00\x13\x01\x00"
+# A HelloRetryRequest (RFC 8446 §4.1.3: a ServerHello whose random is SHA-256 of
+# "HelloRetryRequest") for TLS_AES_128_GCM_SHA256 asking for a secp256r1 key share:
+# supported_versions 1.3, key_share with the selected group.
+_HRR_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c")
+_HRR_BODY = (
+    b"\x03\x03" + _HRR_RANDOM + b"\x00" + b"\x13\x01" + b"\x00"
+    + bytes.fromhex("000c" "002b00020304" "003300020017")
+)  # fmt: skip
+HELLO_RETRY = b"\x02" + len(_HRR_BODY).to_bytes(3, "big") + _HRR_BODY
 
 X25519_MLKEM768 = 0x11EC  # draft-kwiatkowski-tls-ecdhe-mlkem, Chrome 131+
 MLKEM768_SHARE = 1216  # bytes of an X25519MLKEM768 client key share
@@ -280,16 +289,28 @@ def completed_at(spans: list[tuple[int, int, int]], total: int) -> int:
 
 # -- QUIC ----------------------------------------------------------------------------------
 def _quic_handshake_reply(
-    flow: Flow, version: int, odcid: bytes, cscid: bytes, server_cid: bytes, rng: random.Random
+    flow: Flow,
+    version: int,
+    odcid: bytes,
+    cscid: bytes,
+    server_cid: bytes,
+    rng: random.Random,
+    client_pn: int = 1,
+    server_offset: int = 0,
 ) -> None:
-    """The server's first flight (Initial + Handshake), the client's ACK, some 1-RTT bulk."""
+    """The server's first flight (Initial + Handshake), the client's ACK, some 1-RTT bulk.
+
+    ``client_pn``: the packet number of the client's ACK; ``server_offset``: where the
+    ServerHello starts in the server's CRYPTO stream (after a HelloRetryRequest).
+    """
     from clienthello import quic
 
     server_initial = quic.build_initial(
         version,
         cscid,
         server_cid,
-        [quic.ack_frame(0), quic.crypto_frame(0, SERVER_HELLO)],
+        [quic.ack_frame(client_pn - 1), quic.crypto_frame(server_offset, SERVER_HELLO)],
+        packet_number=1 if server_offset else 0,  # after the HelloRetryRequest's Initial
         original_destination_cid=odcid,
         is_client=False,
         pad_to=0,
@@ -301,7 +322,7 @@ def _quic_handshake_reply(
         server_cid,
         cscid,
         [quic.ack_frame(0)],
-        packet_number=1,
+        packet_number=client_pn,
         original_destination_cid=odcid,
         pad_to=0,
     )
@@ -430,6 +451,52 @@ def quic_captures() -> dict[str, tuple[list[tuple[int, bytes]], list[dict[str, A
         _quic_handshake_reply(flow, quic.QUIC_V1, odcid, scid, bytes([0x60 + i]) * 8, rng)
         recs.append(flow.record(n, parse_handshake(hello), "quic", quic_version="v1"))
     out["quic-reuse.pcap"] = (frames, recs)
+
+    # 7. HelloRetryRequest: curl's hello (X25519 key share), the server's Initial with a
+    #    HelloRetryRequest asking for secp256r1, then the client's second hello, with a
+    #    P-256 key share, further on in the same CRYPTO stream under the same keys, to
+    #    the server's connection ID, in two Initials (second half first).
+    frames = []
+    rng = random.Random(7)
+    flow = Flow(frames, "192.0.2.10", "198.51.100.34", 51007, 443)
+    odcid = bytes.fromhex("7071727374757677")
+    first = flow.send(quic.build_initial(quic.QUIC_V1, odcid, cscid, [quic.crypto_frame(0, curl)]))
+    hrr = quic.build_initial(
+        quic.QUIC_V1, cscid, server_cid, [quic.ack_frame(0), quic.crypto_frame(0, HELLO_RETRY)],
+        original_destination_cid=odcid, is_client=False, pad_to=0,
+    )  # fmt: skip
+    flow.send(hrr, from_client=False, dt_us=9000)
+    parts = HelloParts.of(curl)
+    parts.replace(51, struct.pack("!HHH", 69, 0x0017, 65) + b"\x04" + rng.randbytes(64))
+    second_hello = parts.message()
+    cut = len(second_hello) // 2
+    base = len(curl)
+    halves = [(base + cut, second_hello[cut:]), (base, second_hello[:cut])]
+    for pn, (off, data) in enumerate(halves, start=1):
+        frames_of = [quic.ack_frame(0), quic.crypto_frame(off, data)] if pn == 1 else [
+            quic.PING_FRAME, quic.crypto_frame(off, data)
+        ]  # fmt: skip
+        second = flow.send(
+            quic.build_initial(
+                quic.QUIC_V1, server_cid, cscid, frames_of, packet_number=pn,
+                original_destination_cid=odcid,
+            ),
+            dt_us=40,
+        )  # fmt: skip
+    _quic_handshake_reply(
+        flow, quic.QUIC_V1, odcid, cscid, server_cid, rng, client_pn=3,
+        server_offset=len(HELLO_RETRY),
+    )  # fmt: skip
+    out["quic-hrr.pcap"] = (
+        frames,
+        [
+            flow.record(first, parse_handshake(curl), "quic", quic_version="v1"),
+            flow.record(
+                second, parse_handshake(second_hello), "quic", after="hello_retry_request",
+                quic_version="v1",
+            ),
+        ],
+    )  # fmt: skip
     return out
 
 

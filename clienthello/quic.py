@@ -145,6 +145,8 @@ class QuicClientHello:
         crypto_frames: how many CRYPTO frames those packets held (repeats included).
         datagrams: the indices (0-based, counting every `InitialReader.feed`) of the
             datagrams whose CRYPTO frames carried bytes of this hello, in order.
+        after_hello_retry: whether this is a second hello, sent after the server's
+            HelloRetryRequest (read by a reader from `InitialReader.after_hello`).
     """
 
     hello: ClientHello
@@ -157,6 +159,7 @@ class QuicClientHello:
     packets: int
     crypto_frames: int
     datagrams: tuple[int, ...]
+    after_hello_retry: bool = False
 
     @property
     def token_seen(self) -> bool:
@@ -169,12 +172,15 @@ class _CryptoStream:
 
     ``starts``/``ends`` are the sorted, disjoint, non-touching ranges held. A byte
     sent twice must be the same both times (RFC 9000 §2.2); the first copy is kept.
+    ``base`` is the stream offset where the hello starts (after an earlier hello);
+    the positions held count from it.
     """
 
-    __slots__ = ("buf", "ends", "limit", "starts", "total")
+    __slots__ = ("base", "buf", "ends", "limit", "starts", "total")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, base: int = 0) -> None:
         self.limit = limit
+        self.base = base
         self.buf = bytearray()
         self.starts: list[int] = []
         self.ends: list[int] = []
@@ -185,6 +191,14 @@ class _CryptoStream:
 
         ``where`` names the packet (``"datagram 0 packet 0"``) for errors.
         """
+        if self.base:
+            if offset + len(data) <= self.base:
+                return False  # the earlier hello's bytes, sent again
+            if offset < self.base:
+                data = data[self.base - offset :]
+                offset = 0
+            else:
+                offset -= self.base
         end = offset + len(data)
         if self.total >= 0:
             end = min(end, self.total)  # bytes after the hello (a second hello after HRR)
@@ -270,6 +284,8 @@ class InitialReader:
     new keys from it (RFC 9001 §5.2); the reader re-keys when told (`retry`,
     `feed_server`) or when a later Initial with a token and another DCID opens with the
     keys of that DCID. Either way the CRYPTO stream starts over, as the client's does.
+    A client answered with a HelloRetryRequest sends a second hello further on in the
+    same stream: `after_hello` gives a reader for it.
 
     Args:
         max_crypto_bytes: the highest CRYPTO stream offset to hold (and so the largest
@@ -293,6 +309,7 @@ class InitialReader:
         "_stream",
         "_token",
         "_version",
+        "after_hello_retry",
         "max_crypto_bytes",
         "max_packets",
     )
@@ -318,6 +335,8 @@ class InitialReader:
         self._token: bytes | None = None
         self._retry_seen = False
         self._largest_pn = -1
+        # Whether this reader follows an earlier hello of the connection (`after_hello`).
+        self.after_hello_retry = False
 
     @property
     def result(self) -> QuicClientHello | None:
@@ -341,6 +360,11 @@ class InitialReader:
             return parse_handshake(prefix, partial=True)
         except (NotTLS, MalformedHello):
             return None
+
+    @property
+    def crypto_bytes(self) -> int:
+        """How many bytes of CRYPTO stream the reader holds (up to the furthest offset)."""
+        return len(self._stream.buf)
 
     @property
     def version(self) -> int | None:
@@ -409,6 +433,35 @@ class InitialReader:
             number += 1
         return None
 
+    def after_hello(self) -> InitialReader:
+        """A reader for the ClientHello that may follow this one: after a HelloRetryRequest.
+
+        A client answered with a HelloRetryRequest sends a second ClientHello in its
+        Initial packets, in the same CRYPTO stream after the first and under the same
+        Initial keys (RFC 8446 §4.1.4, RFC 9001 §4.1), by then to the server's
+        connection ID. The reader returned is fed the client's later datagrams of this
+        connection and returns that hello if one comes; an Initial that holds no CRYPTO
+        data (an ACK of the server's Initial, say) returns None. Its
+        ``after_hello_retry`` is True. An Initial of another connection does not open
+        with these keys: its `feed` raises `MalformedHello` ("not decryptable").
+
+        Raises:
+            ValueError: this reader has not returned its hello yet.
+        """
+        first = self._result
+        if first is None:
+            raise ValueError("after_hello() needs a complete first hello")
+        reader = InitialReader(self.max_crypto_bytes, self.max_packets)
+        reader._stream = _CryptoStream(self.max_crypto_bytes, base=len(first.hello.raw))
+        reader._version = first.version
+        reader._odcid = first.original_destination_connection_id
+        reader._key_dcid = first.destination_connection_id
+        reader._scid = first.source_connection_id
+        reader._retry_seen = first.retry_seen
+        reader._largest_pn = self._largest_pn
+        reader.after_hello_retry = True
+        return reader
+
     def retry(self, destination_cid: bytes) -> None:
         """Tell the reader that the server sent a Retry (RFC 9000 §17.2.5).
 
@@ -440,7 +493,12 @@ class InitialReader:
         Returns:
             True if it was a Retry and the reader re-keyed.
         """
-        if self._result is not None or self._odcid is None or self._retry_seen:
+        if (
+            self._result is not None
+            or self._odcid is None
+            or self._retry_seen
+            or self.after_hello_retry  # a Retry comes before any hello is answered
+        ):
             return False
         buf = bytes(datagram)
         if len(buf) < 7 or buf[0] & 0xC0 != 0xC0 or _u32(buf, 1)[0] != self._version:
@@ -551,6 +609,7 @@ class InitialReader:
         if (
             opened is None
             and self._key_dcid is not None
+            and not self.after_hello_retry  # keys are fixed once a hello has been read
             and header.token
             and header.destination_cid != key_dcid
         ):
@@ -598,5 +657,6 @@ class InitialReader:
             packets=self._packets,
             crypto_frames=self._crypto_frames,
             datagrams=tuple(self._datagrams),
+            after_hello_retry=self.after_hello_retry,
         )
         return self._result

@@ -88,6 +88,7 @@ def test_captures_cover_the_issue_list() -> None:
         "quic-0rtt.pcap",
         "quic-retry.pcap",
         "quic-reuse.pcap",
+        "quic-hrr.pcap",
         "dtls-fragmented.pcap",
         "dtls-hvr.pcap",
         "dtls13.pcap",

@@ -526,6 +526,67 @@ def test_client_switches_dcid_keys_stay() -> None:
     assert found.destination_connection_id == DCID and not found.retry_seen
 
 
+def _second_hello() -> bytes:
+    """The hello after a HelloRetryRequest: Chrome's, its key shares replaced by one P-256."""
+    body = CHROME[4:]
+    pos = 2 + 32
+    pos += 1 + body[pos]  # legacy_session_id
+    pos += 2 + int.from_bytes(body[pos : pos + 2], "big")  # cipher_suites
+    pos += 1 + body[pos]  # legacy_compression_methods
+    head, exts, out = body[:pos], body[pos + 2 :], b""
+    while exts:
+        etype, elen = int.from_bytes(exts[:2], "big"), int.from_bytes(exts[2:4], "big")
+        data = exts[4 : 4 + elen]
+        if etype == 51:  # key_share: client_shares with one secp256r1 entry
+            data = b"\x00\x45\x00\x17\x00\x41\x04" + bytes(range(64))
+        out += exts[:2] + len(data).to_bytes(2, "big") + data
+        exts = exts[4 + elen :]
+    body = head + len(out).to_bytes(2, "big") + out
+    return b"\x01" + len(body).to_bytes(3, "big") + body
+
+
+def test_second_hello_after_hello_retry_request() -> None:
+    """A HelloRetryRequest's answer: further on in the same CRYPTO stream, same keys."""
+    second = _second_hello()
+    assert clienthello.parse_handshake(second).key_share_groups == (23,)
+    server_cid = b"\x51" * 5
+    reader = InitialReader()
+    with pytest.raises(ValueError):
+        reader.after_hello()
+    found = reader.feed(build_initial(QUIC_V1, DCID, SCID, [crypto_frame(0, CHROME)]))
+    assert found is not None and not found.after_hello_retry
+    more = reader.after_hello()
+    base = len(CHROME)
+    cut = len(second) // 2
+
+    def later(pn: int, frames: list[bytes], dcid: bytes = server_cid) -> bytes:
+        return build_initial(
+            QUIC_V1, dcid, SCID, frames, packet_number=pn, original_destination_cid=DCID
+        )
+
+    # An ACK alone, then the first hello's bytes again (a retransmission): nothing new.
+    assert more.feed(later(1, [quic.ack_frame(0)])) is None and more.crypto_bytes == 0
+    assert more.feed(later(2, [crypto_frame(0, CHROME[:500])])) is None
+    assert more.crypto_bytes == 0
+    # Another connection's Initial does not open with this connection's keys.
+    stranger = build_initial(QUIC_V1, b"\x66" * 8, SCID, [crypto_frame(0, CHROME)])
+    with pytest.raises(MalformedHello, match="not decryptable"):
+        more.feed(stranger)
+    # The second hello in two Initials, its end first; one frame straddles both hellos.
+    assert more.feed(later(3, [PING_FRAME, crypto_frame(base + cut, second[cut:])])) is None
+    assert more.crypto_bytes == len(second)
+    straddling = CHROME[-20:] + second[:cut]
+    again = more.feed(later(4, [quic.ack_frame(0), crypto_frame(base - 20, straddling)]))
+    assert again is not None and again.after_hello_retry
+    assert again.hello.raw == second and again.hello.server_name == "lh3.google.com"
+    assert again.original_destination_connection_id == DCID and again.version == QUIC_V1
+    assert again.packets == 4 and again.datagrams == (3, 4)  # the stranger opened nothing
+    assert more.feed(later(5, [crypto_frame(base, second)])) is again  # done: nothing read
+    # A Retry can no longer re-key the reader.
+    retry = quic.build_retry(QUIC_V1, DCID, server_cid, b"\x77" * 8, b"token")
+    assert not more.feed_server(retry)
+
+
 def _retry_flow(version: int) -> tuple[list[bytes], bytes, bytes]:
     """A first Initial with half a hello, the server's Retry, then the whole hello again."""
     message = CHROME

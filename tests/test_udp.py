@@ -120,6 +120,51 @@ def test_quic_retry_missed_by_the_capture_is_still_marked() -> None:
     assert [r.after for r in recs] == [None, "retry"]
 
 
+def _hello_retry_exchange(second: bytes) -> list[bytes]:
+    """A hello, the server's HelloRetryRequest, the client's ACK, then ``second`` further
+    on in the CRYPTO stream, to the server's connection ID in two Initials (end first)."""
+    odcid, server_cid, scid = b"\x01" * 8, b"\x5e" * 8, b"\x22" * 8
+    hrr = quic.build_initial(
+        1, scid, server_cid, [quic.ack_frame(0), quic.crypto_frame(0, b"\x02\x00\x00\x02\x03\x03")],
+        is_client=False, original_destination_cid=odcid,
+    )  # fmt: skip
+
+    def later(pn: int, frames: list[bytes]) -> bytes:
+        return quic.build_initial(
+            1, server_cid, scid, frames, packet_number=pn, original_destination_cid=odcid
+        )
+
+    half = len(second) // 2
+    return [
+        frame(initials(HELLO, 1, dcid=odcid)[0]),
+        frame(hrr, back=True),
+        frame(later(1, [quic.ack_frame(0)])),
+        frame(later(2, [quic.crypto_frame(len(HELLO) + half, second[half:])])),
+        frame(later(3, [quic.PING_FRAME, quic.crypto_frame(len(HELLO), second[:half])])),
+    ]
+
+
+def test_quic_second_hello_after_hello_retry_request() -> None:
+    # Another client's hello stands in for the second (any hello will do for the
+    # engine), so that the records tell the two apart.
+    second = (DATA / "quic" / "curl-8.1.2.hs").read_bytes()
+    recs = run_frames(_hello_retry_exchange(second))
+    assert [(r.frame, r.sni, r.after, r.error) for r in recs] == [
+        (1, "www.blogger.com", None, None),
+        (5, "www.google.de", "hello_retry_request", None),
+    ]
+    assert recs[1].ja4 and recs[1].ja4.startswith("q13") and recs[1].quic_version == "v1"
+    # The capture ends with the second hello's end only: no byte from its start, no record.
+    frames = _hello_retry_exchange(second)
+    assert [r.after for r in run_frames(frames[:4])] == [None]
+    # It ends with the first half only: reported with what it holds, as tshark shows it.
+    cut = run_frames([*frames[:3], frames[4]])
+    assert [(r.after, r.error, r.sni) for r in cut] == [
+        (None, None, "www.blogger.com"),
+        ("hello_retry_request", "capture ended before the hello completed", "www.google.de"),
+    ]
+
+
 def test_quic_incomplete_and_cut_initials_are_errors() -> None:
     first = initials(HELLO, 3)[0]
     (rec,) = run_frames([frame(first)])

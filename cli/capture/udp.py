@@ -79,6 +79,8 @@ class _Flow:
         "kind",
         "last_frame",
         "last_ts",
+        "more",
+        "more_done",
         "prev_scid",
         "quic",
         "scid",
@@ -96,6 +98,10 @@ class _Flow:
         self.done = False  # the hello was reported (QUIC), or the flow failed
         self.after: str | None = None  # what made this connection's hello a repeat
         self.quic: InitialReader | None = None
+        # QUIC, once the hello is read: the reader of a hello after a HelloRetryRequest
+        # (made on the next client Initial), None before that and after it is done.
+        self.more: InitialReader | None = None
+        self.more_done = False  # QUIC: a second hello was read, or cannot come any more
         self.dtls: DtlsReader | None = None
         self.dcids: list[bytes] = []  # QUIC: the DCIDs this connection is filed under
         self.scid = b""  # QUIC: the client's SCID, once its hello is read
@@ -179,6 +185,8 @@ class DatagramTable:
             fl.last_ts = ts
             if not fl.done:
                 self._feed_quic(fl, payload, ts, frame, truncated, known=True)
+            elif not fl.more_done and quic.is_client_initial(payload):
+                self._feed_more(fl, payload, ts, frame, truncated)
             return
         reverse = self._reverse(key, v6)
         server_of = self.latest.get(reverse)
@@ -191,10 +199,10 @@ class DatagramTable:
             return
         prev = self.latest.get(key)
         # The client switched to the server's DCID, or this is a new connection.
-        if (
-            prev is not None
-            and not prev.done
-            and self._feed_quic(prev, payload, ts, frame, truncated, known=False)
+        if prev is not None and (
+            self._feed_quic(prev, payload, ts, frame, truncated, known=False)
+            if not prev.done
+            else self._feed_more(prev, payload, ts, frame, truncated)
         ):
             self._file_dcid(prev, dcid)
             return
@@ -230,7 +238,7 @@ class DatagramTable:
         self._file_dcid(fl, dcid)
         self._add_latest(fl)
         fl.done = True
-        name = quic.VERSIONS[version].name.removeprefix("QUIC ")
+        name = self._version_name(version)
         error = (
             f"QUIC Initial cut by the capture's snaplen ({len(payload)} bytes captured): "
             "not decryptable, the hello cannot be read"
@@ -272,6 +280,55 @@ class DatagramTable:
         self._quic_hello(fl, found, ts, frame)
         return True
 
+    def _feed_more(self, fl: _Flow, payload: bytes, ts: int, frame: int, truncated: bool) -> bool:
+        """Feed a client Initial of a connection whose hello was read to the reader of a
+        second hello (after a HelloRetryRequest); False if it is not this connection's."""
+        if fl.more_done:
+            return False
+        reader = fl.more
+        if reader is None:
+            first = fl.quic
+            if first is None or first.result is None:
+                fl.more_done = True  # the connection failed: no hello to follow
+                return False
+            reader = fl.more = first.after_hello()
+        try:
+            found = reader.feed(payload)
+        except MalformedHello as exc:
+            if _UNDECRYPTABLE in exc.reason:
+                return False
+            self._more_error(fl, str(exc), ts, frame, truncated)
+            return True
+        except NotTLS:  # CRYPTO data that is no second hello: nothing more to read
+            self._release(fl)
+            fl.more, fl.more_done = None, True
+            return True
+        if found is not None:
+            self._release(fl)
+            fl.more, fl.more_done = None, True  # one HelloRetryRequest at most (RFC 8446)
+            name = self._version_name(found.version)
+            self._record(fl, found.hello, None, ts, frame, "quic", AFTER_HELLO_RETRY_REQUEST, name)
+            return True
+        if reader.crypto_bytes:  # a second hello has begun: its bytes count as held
+            fl.bytes_held += len(payload)
+            self.held += len(payload)
+            if self.held > self.limits.max_held:
+                self._evict_for_memory()
+        return True
+
+    def _more_error(self, fl: _Flow, error: str, ts: int, frame: int, truncated: bool) -> None:
+        """A second hello that failed or never completed: a record if it had begun."""
+        reader = fl.more
+        self._release(fl)
+        fl.more, fl.more_done = None, True
+        hello = None if reader is None else reader.partial()
+        if hello is None:
+            return  # no hello bytes from its start: nothing a reader would miss
+        if truncated:
+            error += f" (packet {frame} was cut by the snaplen)"
+        name = None if reader is None else self._version_name(reader.version)
+        self._record(fl, hello, error, ts, frame, "quic", AFTER_HELLO_RETRY_REQUEST, name)
+
     def _quic_hello(self, fl: _Flow, found: QuicClientHello, ts: int, frame: int) -> None:
         self._release(fl)
         fl.done = True
@@ -284,9 +341,9 @@ class DatagramTable:
             or (found.token and fl.prev_scid and found.source_connection_id == fl.prev_scid)
         ):
             after = AFTER_RETRY
-        spec = self._quic_module().VERSIONS.get(found.version)
-        name = spec.name.removeprefix("QUIC ") if spec is not None else f"0x{found.version:08x}"
-        self._record(fl, found.hello, None, ts, frame, "quic", after, name)
+        self._record(
+            fl, found.hello, None, ts, frame, "quic", after, self._version_name(found.version)
+        )
 
     def _quic_error(self, fl: _Flow, error: str, ts: int, frame: int, truncated: bool) -> None:
         self._release(fl)
@@ -294,14 +351,17 @@ class DatagramTable:
         if truncated:
             error += f" (packet {frame} was cut by the snaplen)"
         reader = fl.quic
-        version = None if reader is None else reader.version
-        name = None
-        if version is not None:
-            spec = self._quic_module().VERSIONS.get(version)
-            name = None if spec is None else spec.name.removeprefix("QUIC ")
+        name = None if reader is None else self._version_name(reader.version)
         # The fields read before the first missing CRYPTO byte, as tshark shows them.
         hello = None if reader is None else reader.partial()
         self._record(fl, hello, error, ts, frame, "quic", fl.after, name)
+
+    def _version_name(self, version: int | None) -> str | None:
+        """A QUIC version as records name it: ``"v1"``, ``"v2"``, ``"draft-29"``."""
+        if version is None:
+            return None
+        spec = self._quic_module().VERSIONS.get(version)
+        return f"0x{version:08x}" if spec is None else spec.name.removeprefix("QUIC ")
 
     def _server_packet(self, fl: _Flow, client_key: bytes, payload: bytes) -> None:
         """A long-header packet from the server of ``fl``: only a Retry matters."""
@@ -441,6 +501,8 @@ class DatagramTable:
 
     def _incomplete(self, fl: _Flow, why: str) -> None:
         """Report a flow whose hello was started but never completed."""
+        if fl.more is not None:
+            self._more_error(fl, why, fl.last_ts, fl.last_frame, False)
         if fl.done or not fl.frames:
             return
         if fl.kind == "quic":
