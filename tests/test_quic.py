@@ -848,6 +848,19 @@ def test_random_datagrams_after_an_initial_raise_only_library_errors(
     _only_library_errors(datagrams, reader)
 
 
+@FUZZ
+@given(st.lists(st.binary(max_size=1300), min_size=1, max_size=4), st.binary(max_size=600))
+def test_random_input_after_a_hello_raises_only_library_errors(
+    datagrams: list[bytes], crypto: bytes
+) -> None:
+    # The reader of a second hello: random datagrams, and random CRYPTO data that opens.
+    reader = InitialReader()
+    assert reader.feed(_initial_with([crypto_frame(0, CHROME)])) is not None
+    more = reader.after_hello()
+    later = build_initial(QUIC_V1, DCID, SCID, [crypto_frame(len(CHROME), crypto or b"\x01")])
+    _only_library_errors([later, *datagrams], more)
+
+
 def _unprotected_payload_fuzz(payload: bytes) -> None:
     """Arbitrary frames, properly encrypted: the frame parser sees attacker bytes."""
     with contextlib.suppress(ClientHelloError):
@@ -881,6 +894,29 @@ def test_any_fragmentation_gives_the_same_hello(
     assert found is not None
     assert found.hello == clienthello.parse_handshake(message)
     assert found.crypto_frames <= len(cut)
+
+
+@FUZZ
+@given(st.randoms(use_true_random=False), st.integers(1, 30), st.integers(1, 4))
+def test_any_fragmentation_of_a_second_hello_gives_it(
+    rng: random.Random, pieces: int, packets: int
+) -> None:
+    """After a HelloRetryRequest: the second hello's bytes in any order, some frames
+    reaching back into the first hello's (resent), read from where the first ends."""
+    first, second = CHROME, _second_hello()
+    reader = InitialReader()
+    assert reader.feed(build_initial(QUIC_V1, DCID, SCID, [crypto_frame(0, first)])) is not None
+    base = len(first)
+    cut = [(base + o, d) for o, d in fragments(second, rng, min(pieces, len(second) - 1))]
+    stream = first + second
+    back = rng.randrange(1, 60)
+    cut.append((base - back, stream[base - back : base + rng.randrange(0, 100)]))
+    more = reader.after_hello()
+    found = None
+    for datagram in datagrams_for(QUIC_V1, cut, packets, rng):
+        found = more.feed(datagram)
+    assert found is not None and found.after_hello_retry
+    assert found.hello == clienthello.parse_handshake(second)
 
 
 # -- aioquic ----------------------------------------------------------------------
