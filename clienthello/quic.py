@@ -295,6 +295,7 @@ class InitialReader:
     """
 
     __slots__ = (
+        "_after_hello_retry",
         "_crypto_frames",
         "_datagrams",
         "_fed",
@@ -309,7 +310,6 @@ class InitialReader:
         "_stream",
         "_token",
         "_version",
-        "after_hello_retry",
         "max_crypto_bytes",
         "max_packets",
     )
@@ -335,8 +335,7 @@ class InitialReader:
         self._token: bytes | None = None
         self._retry_seen = False
         self._largest_pn = -1
-        # Whether this reader follows an earlier hello of the connection (`after_hello`).
-        self.after_hello_retry = False
+        self._after_hello_retry = False
 
     @property
     def result(self) -> QuicClientHello | None:
@@ -360,6 +359,11 @@ class InitialReader:
             return parse_handshake(prefix, partial=True)
         except (NotTLS, MalformedHello):
             return None
+
+    @property
+    def after_hello_retry(self) -> bool:
+        """Whether this reader reads a second hello (made by `after_hello`)."""
+        return self._after_hello_retry
 
     @property
     def crypto_bytes(self) -> int:
@@ -459,7 +463,7 @@ class InitialReader:
         reader._scid = first.source_connection_id
         reader._retry_seen = first.retry_seen
         reader._largest_pn = self._largest_pn
-        reader.after_hello_retry = True
+        reader._after_hello_retry = True
         return reader
 
     def retry(self, destination_cid: bytes) -> None:
@@ -469,9 +473,10 @@ class InitialReader:
         keys are derived from it; the CRYPTO stream starts over.
 
         Args:
-            destination_cid: the Retry packet's Source Connection ID.
+            destination_cid: the Retry packet's Source Connection ID; ignored once a hello
+                has been read, and by the reader of a second hello (`after_hello`).
         """
-        if self._result is not None:
+        if self._result is not None or self._after_hello_retry:
             return
         self._key_dcid = bytes(destination_cid)
         self._retry_seen = True
@@ -497,7 +502,7 @@ class InitialReader:
             self._result is not None
             or self._odcid is None
             or self._retry_seen
-            or self.after_hello_retry  # a Retry comes before any hello is answered
+            or self._after_hello_retry  # a Retry comes before any hello is answered
         ):
             return False
         buf = bytes(datagram)
@@ -609,7 +614,7 @@ class InitialReader:
         if (
             opened is None
             and self._key_dcid is not None
-            and not self.after_hello_retry  # keys are fixed once a hello has been read
+            and not self._after_hello_retry  # keys are fixed once a hello has been read
             and header.token
             and header.destination_cid != key_dcid
         ):
@@ -657,6 +662,6 @@ class InitialReader:
             packets=self._packets,
             crypto_frames=self._crypto_frames,
             datagrams=tuple(self._datagrams),
-            after_hello_retry=self.after_hello_retry,
+            after_hello_retry=self._after_hello_retry,
         )
         return self._result

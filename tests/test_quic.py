@@ -585,6 +585,9 @@ def test_second_hello_after_hello_retry_request() -> None:
     # A Retry can no longer re-key the reader.
     retry = quic.build_retry(QUIC_V1, DCID, server_cid, b"\x77" * 8, b"token")
     assert not more.feed_server(retry)
+    fresh = reader.after_hello()
+    fresh.retry(b"\x77" * 8)  # ignored: the keys stay those of the first hello
+    assert fresh.feed(later(6, [crypto_frame(base, second)])) is not None
 
 
 def _retry_flow(version: int) -> tuple[list[bytes], bytes, bytes]:
