@@ -124,7 +124,15 @@ class Harness:
         return self.lines
 
 
-def run(backends: dict[str, int], test: Callable[[Harness], Awaitable[None]], **cfg: Any) -> None:
+def run(
+    backends: dict[str, int],
+    test: Callable[[Harness], Awaitable[None]],
+    loop: str = "asyncio",
+    **cfg: Any,
+) -> None:
+    """Run ``test`` against a QuicProxy on the standard event loop or on uvloop's (where
+    backend sockets are read by its datagram transport instead of add_reader)."""
+
     async def main() -> None:
         h = Harness(_config(backends, **cfg))
         try:
@@ -132,7 +140,14 @@ def run(backends: dict[str, int], test: Callable[[Harness], Awaitable[None]], **
         finally:
             await h.proxy.stop(0)
 
-    asyncio.run(main())
+    factory = None
+    if loop == "uvloop":
+        factory = pytest.importorskip("uvloop", reason="uvloop is not installed").new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+
+
+LOOPS = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 
 
 @pytest.mark.parametrize(
@@ -168,7 +183,8 @@ def test_hello_over_several_initials_and_v2(backends: dict[str, int]) -> None:
     run(backends, test)
 
 
-def test_backend_retry_stays_on_the_same_backend(backends: dict[str, int]) -> None:
+@LOOPS
+def test_backend_retry_stays_on_the_same_backend(backends: dict[str, int], loop: str) -> None:
     async def test(h: Harness) -> None:
         got = await fetch(h.port, "retry.test")
         assert got["body"] == "R"
@@ -176,10 +192,11 @@ def test_backend_retry_stays_on_the_same_backend(backends: dict[str, int]) -> No
         line = (await h.wait_lines(1))[0]
         assert line["retry"] is True and line["outcome"] == "routed"
 
-    run(backends, test)
+    run(backends, test, loop)
 
 
-def test_download_20mb_and_40_concurrent(backends: dict[str, int]) -> None:
+@LOOPS
+def test_download_20mb_and_40_concurrent(backends: dict[str, int], loop: str) -> None:
     size = 20 * 1024 * 1024
 
     async def test(h: Harness) -> None:
@@ -191,7 +208,7 @@ def test_download_20mb_and_40_concurrent(backends: dict[str, int]) -> None:
         assert all(r["length"] == 1000 and r["sha256"] == expected_sha256(1000) for r in results)
         assert h.proxy.active_sessions <= 41
 
-    run(backends, test)
+    run(backends, test, loop)
 
 
 def test_unknown_name_gets_connection_close_0x170_at_once(backends: dict[str, int]) -> None:
@@ -204,6 +221,26 @@ def test_unknown_name_gets_connection_close_0x170_at_once(backends: dict[str, in
         assert line["outcome"] == "alerted" and line["reason"] == "unknown_name"
 
     run(backends, test)
+
+
+@LOOPS
+def test_backend_not_listening_ends_the_session(backends: dict[str, int], loop: str) -> None:
+    # Nothing listens on the backend's UDP port: the kernel answers the held Initial with
+    # ICMP port unreachable, which the backend socket reads as ECONNREFUSED.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+
+    async def test(h: Harness) -> None:
+        with pytest.raises((ConnectionError, asyncio.TimeoutError)):
+            await fetch(h.port, "gone.test", timeout=1.5)
+        lines = await h.wait_lines(1, timeout=5)
+        # One line per attempt: the client resends its Initial until it gives up.
+        assert {(x["outcome"], x["reason"], x["error"]) for x in lines} == {
+            ("failed", "backend_unavailable", "ECONNREFUSED")
+        }
+
+    run(backends, test, loop, route=[{"names": ["gone.test"], "backends": [f"127.0.0.1:{closed}"]}])
 
 
 def test_no_sni_goes_to_the_default(backends: dict[str, int]) -> None:
@@ -275,7 +312,8 @@ class Rebinder(asyncio.DatagramProtocol):
             loop.call_later(0.2, old.close)
 
 
-def test_client_rebinding_mid_download_completes(backends: dict[str, int]) -> None:
+@LOOPS
+def test_client_rebinding_mid_download_completes(backends: dict[str, int], loop: str) -> None:
     size = 8 * 1024 * 1024
 
     async def test(h: Harness) -> None:
@@ -295,10 +333,11 @@ def test_client_rebinding_mid_download_completes(backends: dict[str, int]) -> No
         assert line["rebinds"] >= 1
         assert line["client"].endswith(f":{nat.ports[-1]}")
 
-    run(backends, test)
+    run(backends, test, loop)
 
 
-def test_reload_keeps_sessions_and_routes_new_ones(backends: dict[str, int]) -> None:
+@LOOPS
+def test_reload_keeps_sessions_and_routes_new_ones(backends: dict[str, int], loop: str) -> None:
     size = 4 * 1024 * 1024
 
     async def test(h: Harness) -> None:
@@ -318,7 +357,7 @@ def test_reload_keeps_sessions_and_routes_new_ones(backends: dict[str, int]) -> 
         again = await fetch(h.port, "a.test")
         assert again["body"] == "B"
 
-    run(backends, test)
+    run(backends, test, loop)
 
 
 # ---------------------------------------------------------------------- the whole router

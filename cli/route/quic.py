@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import socket
 import time
@@ -40,7 +41,14 @@ from sniinspect.route.observe import ConnectionLog, ConnectionLogWriter, QuicMet
 from sniinspect.route.quicsession import CLOSED, HELLO, RELAYING, Listener, Session
 from sniinspect.route.sockets import fmt_addr, plain_ip
 from sniinspect.route.table import Route
-from sniinspect.route.udp import bind_udp, errno_name, send_batch, udp_socket_to
+from sniinspect.route.udp import (
+    TransportReader,
+    bind_udp,
+    errno_name,
+    reads_by_transport,
+    send_batch,
+    udp_socket_to,
+)
 
 __all__ = ["QuicProxy", "MIN_INITIAL_DATAGRAM"]
 
@@ -101,7 +109,9 @@ class QuicProxy:
         self._listeners: list[Listener] = []
         self._sessions: set[Session] = set()
         self._by_cid: dict[bytes, Session] = {}
-        self._by_backend_fd: dict[int, Session] = {}
+        # Backend sockets read by a datagram transport (uvloop), else by add_reader.
+        self._readers: dict[socket.socket, TransportReader] = {}
+        self._by_transport = reads_by_transport(loop)
         self._cid_lengths: dict[int, int] = {}  # length -> sessions using it
         self._pending = 0
         self._pending_by_client: dict[str, int] = {}
@@ -134,7 +144,7 @@ class QuicProxy:
         """
         try:
             for host, port in self.config.quic_listeners:
-                self._listeners.append(_listener(host, port, reuse_port))
+                self._listeners.append(Listener(host, port, *bind_udp(host, port, reuse_port)))
         except OSError:
             for lst in self._listeners:
                 lst.sock.close()
@@ -160,7 +170,7 @@ class QuicProxy:
         try:
             for host, port in config.quic_listeners:
                 if (host, port) not in old:
-                    added.append(_listener(host, port, False))
+                    added.append(Listener(host, port, *bind_udp(host, port, False)))
         except OSError:
             for lst in added:
                 lst.sock.close()
@@ -490,10 +500,15 @@ class QuicProxy:
         self._close(session)
 
     def _use_backend_socket(self, session: Session, sock: socket.socket) -> None:
-        fd = sock.fileno()
         session.backend_socks.append(sock)
-        self._by_backend_fd[fd] = session
-        self.loop.add_reader(fd, self._on_backend_readable, session, sock)
+        if self._by_transport:
+            to_client = self._to_client
+            self._readers[sock] = TransportReader(
+                self.loop, sock, lambda data: to_client(session, [data]),
+                functools.partial(self._backend_error, session),
+            )  # fmt: skip
+        else:
+            self.loop.add_reader(sock.fileno(), self._on_backend_readable, session, sock)
 
     def _rebind(self, session: Session, lst: Listener, addr: tuple[str, int]) -> None:
         """The connection now comes from ``addr``: follow it, and let the backend see it."""
@@ -522,7 +537,6 @@ class QuicProxy:
     # ------------------------------------------------------------------ backend side
 
     def _on_backend_readable(self, session: Session, sock: socket.socket) -> None:
-        rec = session.record
         batch: list[bytes] = []
         recv = sock.recv
         for _ in range(_READ_BATCH):
@@ -530,18 +544,20 @@ class QuicProxy:
                 data = recv(_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:  # ICMP port unreachable: the backend is not there
-                rec.error = rec.error or errno_name(exc)
-                if exc.errno == errno.ECONNREFUSED and session.datagrams_out == 0:
-                    rec.outcome, rec.reason = "failed", "backend_unavailable"
-                    self._end(session)
+            except OSError as exc:
+                if self._backend_error(session, exc):
                     return
                 break
+            batch.append(data)
+        if batch:
+            self._to_client(session, batch)
+
+    def _to_client(self, session: Session, batch: list[bytes]) -> None:
+        """Datagrams from the backend, sent on to the client (one GSO send where it can)."""
+        for data in batch:
             if data and data[0] & 0x80:
                 self._learn(session, data)
-            batch.append(data)
-        if not batch:
-            return
+        rec = session.record
         session.datagrams_out += len(batch)
         rec.bytes_to_client += sum(map(len, batch))
         session.last = self.loop.time()
@@ -551,6 +567,17 @@ class QuicProxy:
             self._drop("client_busy")
         except OSError as exc:
             rec.error = rec.error or errno_name(exc)
+
+    def _backend_error(self, session: Session, exc: OSError) -> bool:
+        """A read error on a backend socket; True if it ended the session."""
+        rec = session.record
+        rec.error = rec.error or errno_name(exc)
+        if exc.errno == errno.ECONNREFUSED and session.datagrams_out == 0:
+            # ICMP port unreachable before any answer: the backend is not there.
+            rec.outcome, rec.reason = "failed", "backend_unavailable"
+            self._end(session)
+            return True
+        return False
 
     def _learn(self, session: Session, data: bytes) -> None:
         """Remember the backend's connection IDs from its long-header packets."""
@@ -580,11 +607,13 @@ class QuicProxy:
             self._cid_lengths[len(cid)] = self._cid_lengths.get(len(cid), 0) + 1
 
     def _drop_backend_socket(self, session: Session, sock: socket.socket) -> None:
-        fd = sock.fileno()
-        with contextlib.suppress(ValueError, OSError):
-            self.loop.remove_reader(fd)
-        self._by_backend_fd.pop(fd, None)
         session.backend_socks.remove(sock)
+        reader = self._readers.pop(sock, None)
+        if reader is not None:
+            reader.close()  # its transport closes the socket
+            return
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(sock.fileno())
         sock.close()
 
     # ------------------------------------------------------------------ ending
@@ -658,27 +687,12 @@ class QuicProxy:
         self.metrics.dropped.labels("quic", reason).inc()
 
 
-def _listener(host: str, port: int, reuse_port: bool) -> Listener:
-    sock, address = bind_udp(host, port, reuse_port)
-    return Listener(host, port, sock, address)
-
-
 def _idle_timeout(configured: float, hello: clienthello.ClientHello) -> float:
     """The session's idle timeout: never shorter than the client's max_idle_timeout."""
     client_ms = 0
-    with contextlib.suppress(Exception):
-        params = hello.quic_transport_parameters or ()
-        for param in params:
+    with contextlib.suppress(clienthello.ClientHelloError):  # malformed: not stated
+        for param in hello.quic_transport_parameters or ():
             if param.id == 0x01:  # max_idle_timeout, in milliseconds (RFC 9000 §18.2)
-                client_ms = _varint(param.value)
+                value = param.decoded
+                client_ms = value if type(value) is int else 0
     return max(configured, client_ms / 1000)
-
-
-def _varint(data: bytes) -> int:
-    if not data:
-        return 0
-    length = 1 << (data[0] >> 6)
-    value = data[0] & 0x3F
-    for byte in data[1:length]:
-        value = (value << 8) | byte
-    return value
