@@ -609,7 +609,7 @@ def test_pending_caps_and_max_connections_count_quic_sessions(backends: dict[str
 
 
 def test_idle_timeout_is_never_shorter_than_the_clients() -> None:
-    from sniinspect.route.quic import _idle_timeout
+    from sniinspect.route.quicsession import idle_timeout as _idle_timeout
 
     hello = clienthello.parse_handshake(
         (Path(__file__).parent / "data" / "quic" / "aioquic-1.7.2.hs").read_bytes()

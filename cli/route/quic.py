@@ -38,7 +38,7 @@ from clienthello import quic
 from sniinspect.route.backends import Dialer
 from sniinspect.route.config import Action, RouterConfig
 from sniinspect.route.observe import ConnectionLog, ConnectionLogWriter, QuicMetrics
-from sniinspect.route.quicsession import CLOSED, HELLO, RELAYING, Listener, Session
+from sniinspect.route.quicsession import CLOSED, HELLO, RELAYING, Listener, Session, idle_timeout
 from sniinspect.route.sockets import fmt_addr, plain_ip
 from sniinspect.route.table import Route
 from sniinspect.route.udp import (
@@ -404,7 +404,7 @@ class QuicProxy:
         rec.sni = hello.server_name
         if hello.server_name_problems:
             rec.sni_problems = list(hello.server_name_problems)
-        session.idle = _idle_timeout(self.config.quic_idle_timeout, hello)
+        session.idle = idle_timeout(self.config.quic_idle_timeout, hello)
         found = self.config.table.lookup(hello.server_name, hello.server_name_problems)
         self._describe(session, hello)
         self._decide(session, found.route, found.reason)
@@ -502,9 +502,8 @@ class QuicProxy:
     def _use_backend_socket(self, session: Session, sock: socket.socket) -> None:
         session.backend_socks.append(sock)
         if self._by_transport:
-            to_client = self._to_client
             self._readers[sock] = TransportReader(
-                self.loop, sock, lambda data: to_client(session, [data]),
+                self.loop, sock, functools.partial(self._backend_datagram, session),
                 functools.partial(self._backend_error, session),
             )  # fmt: skip
         else:
@@ -537,6 +536,7 @@ class QuicProxy:
     # ------------------------------------------------------------------ backend side
 
     def _on_backend_readable(self, session: Session, sock: socket.socket) -> None:
+        rec = session.record
         batch: list[bytes] = []
         recv = sock.recv
         for _ in range(_READ_BATCH):
@@ -548,21 +548,31 @@ class QuicProxy:
                 if self._backend_error(session, exc):
                     return
                 break
-            batch.append(data)
-        if batch:
-            self._to_client(session, batch)
-
-    def _to_client(self, session: Session, batch: list[bytes]) -> None:
-        """Datagrams from the backend, sent on to the client (one GSO send where it can)."""
-        for data in batch:
             if data and data[0] & 0x80:
                 self._learn(session, data)
-        rec = session.record
+            batch.append(data)
+        if not batch:
+            return
         session.datagrams_out += len(batch)
         rec.bytes_to_client += sum(map(len, batch))
         session.last = self.loop.time()
         try:
             send_batch(session.listener.sock, batch, session.client)
+        except (BlockingIOError, InterruptedError):
+            self._drop("client_busy")
+        except OSError as exc:
+            rec.error = rec.error or errno_name(exc)
+
+    def _backend_datagram(self, session: Session, data: bytes) -> None:
+        """One datagram from the backend, read by a `TransportReader`: to the client."""
+        if data and data[0] & 0x80:
+            self._learn(session, data)
+        rec = session.record
+        session.datagrams_out += 1
+        rec.bytes_to_client += len(data)
+        session.last = self.loop.time()
+        try:
+            session.listener.sock.sendto(data, session.client)
         except (BlockingIOError, InterruptedError):
             self._drop("client_busy")
         except OSError as exc:
@@ -685,14 +695,3 @@ class QuicProxy:
 
     def _drop(self, reason: str) -> None:
         self.metrics.dropped.labels("quic", reason).inc()
-
-
-def _idle_timeout(configured: float, hello: clienthello.ClientHello) -> float:
-    """The session's idle timeout: never shorter than the client's max_idle_timeout."""
-    client_ms = 0
-    with contextlib.suppress(clienthello.ClientHelloError):  # malformed: not stated
-        for param in hello.quic_transport_parameters or ():
-            if param.id == 0x01:  # max_idle_timeout, in milliseconds (RFC 9000 §18.2)
-                value = param.decoded
-                client_ms = value if type(value) is int else 0
-    return max(configured, client_ms / 1000)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from clienthello import ClientHello, ClientHelloError
 from sniinspect.route.observe import ConnectionLog
 from sniinspect.route.table import Backend
 
-__all__ = ["Listener", "Session", "HELLO", "RELAYING", "CLOSED"]
+__all__ = ["Listener", "Session", "HELLO", "RELAYING", "CLOSED", "idle_timeout"]
 
 # A session's state: collecting the hello, relaying, or refused (swallowing retransmits).
 HELLO, RELAYING, CLOSED = 0, 1, 2
@@ -82,3 +84,11 @@ class Session:
         self.datagrams_in = 0
         self.datagrams_out = 0
         self.rebinds = 0
+
+
+def idle_timeout(configured: float, hello: ClientHello) -> float:
+    """A session's idle timeout: never shorter than the client's max_idle_timeout."""
+    client_ms = None
+    with contextlib.suppress(ClientHelloError):  # a malformed parameter states nothing
+        client_ms = hello.max_idle_timeout
+    return max(configured, (client_ms or 0) / 1000)
