@@ -37,7 +37,7 @@ import clienthello  # noqa: E402
 from clienthello import quic  # noqa: E402
 from sniinspect.route.config import RouterConfig, build_config  # noqa: E402
 from sniinspect.route.observe import ConnectionLogWriter, Metrics  # noqa: E402
-from sniinspect.route.quic import QuicProxy  # noqa: E402
+from sniinspect.route.quic import CLOSED_LINGER, QuicProxy  # noqa: E402
 
 PEER = Path(__file__).with_name("quic_peer.py")
 
@@ -234,11 +234,13 @@ def test_backend_not_listening_ends_the_session(backends: dict[str, int], loop: 
     async def test(h: Harness) -> None:
         with pytest.raises((ConnectionError, asyncio.TimeoutError)):
             await fetch(h.port, "gone.test", timeout=1.5)
-        lines = await h.wait_lines(1, timeout=5)
-        # One line per attempt: the client resends its Initial until it gives up.
-        assert {(x["outcome"], x["reason"], x["error"]) for x in lines} == {
+        # The client resent its Initial until it gave up: the closed session took the
+        # resends (one dial, one line), and ended after lingering.
+        lines = await h.wait_lines(1, timeout=CLOSED_LINGER + 3)
+        assert [(x["outcome"], x["reason"], x["error"]) for x in lines] == [
             ("failed", "backend_unavailable", "ECONNREFUSED")
-        }
+        ]
+        assert h.proxy.active_sessions == 0
 
     run(backends, test, loop, route=[{"names": ["gone.test"], "backends": [f"127.0.0.1:{closed}"]}])
 

@@ -579,13 +579,16 @@ class QuicProxy:
             rec.error = rec.error or errno_name(exc)
 
     def _backend_error(self, session: Session, exc: OSError) -> bool:
-        """A read error on a backend socket; True if it ended the session."""
+        """A read error on a backend socket; True if it closed the session's sockets."""
         rec = session.record
         rec.error = rec.error or errno_name(exc)
         if exc.errno == errno.ECONNREFUSED and session.datagrams_out == 0:
-            # ICMP port unreachable before any answer: the backend is not there.
+            # ICMP port unreachable before any answer: the backend is not there. Closed,
+            # the session swallows the client's resent Initials (no new dial for each).
             rec.outcome, rec.reason = "failed", "backend_unavailable"
-            self._end(session)
+            for sock in list(session.backend_socks):
+                self._drop_backend_socket(session, sock)
+            self._close(session)
             return True
         return False
 
