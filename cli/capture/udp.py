@@ -272,10 +272,7 @@ class DatagramTable:
         fl.frames.append(frame)
         fl.last_ts, fl.last_frame = ts, frame
         if found is None:
-            fl.bytes_held += len(payload)
-            self.held += len(payload)
-            if self.held > self.limits.max_held:
-                self._evict_for_memory()
+            self._hold(fl, len(payload))
             return True
         self._quic_hello(fl, found, ts, frame)
         return True
@@ -300,34 +297,29 @@ class DatagramTable:
             self._more_error(fl, str(exc), ts, frame, truncated)
             return True
         except NotTLS:  # CRYPTO data that is no second hello: nothing more to read
-            self._release(fl)
-            fl.more, fl.more_done = None, True
+            self._end_more(fl)
             return True
         if found is not None:
-            self._release(fl)
-            fl.more, fl.more_done = None, True  # one HelloRetryRequest at most (RFC 8446)
+            self._end_more(fl)  # one HelloRetryRequest at most (RFC 8446)
             name = self._version_name(found.version)
             self._record(fl, found.hello, None, ts, frame, "quic", AFTER_HELLO_RETRY_REQUEST, name)
             return True
         if reader.crypto_bytes:  # a second hello has begun: its bytes count as held
-            fl.bytes_held += len(payload)
-            self.held += len(payload)
-            if self.held > self.limits.max_held:
-                self._evict_for_memory()
+            self._hold(fl, len(payload))
         return True
+
+    def _end_more(self, fl: _Flow) -> None:
+        self._release(fl)
+        fl.more, fl.more_done = None, True
 
     def _more_error(self, fl: _Flow, error: str, ts: int, frame: int, truncated: bool) -> None:
         """A second hello that failed or never completed: a record if it had begun."""
         reader = fl.more
-        self._release(fl)
-        fl.more, fl.more_done = None, True
+        self._end_more(fl)
         hello = None if reader is None else reader.partial()
-        if hello is None:
-            return  # no hello bytes from its start: nothing a reader would miss
-        if truncated:
-            error += f" (packet {frame} was cut by the snaplen)"
-        name = None if reader is None else self._version_name(reader.version)
-        self._record(fl, hello, error, ts, frame, "quic", AFTER_HELLO_RETRY_REQUEST, name)
+        if hello is not None:  # else no bytes from its start: nothing anyone would miss
+            after = AFTER_HELLO_RETRY_REQUEST
+            self._reader_error(fl, reader, hello, error, ts, frame, truncated, after)
 
     def _quic_hello(self, fl: _Flow, found: QuicClientHello, ts: int, frame: int) -> None:
         self._release(fl)
@@ -348,13 +340,27 @@ class DatagramTable:
     def _quic_error(self, fl: _Flow, error: str, ts: int, frame: int, truncated: bool) -> None:
         self._release(fl)
         fl.done = True
-        if truncated:
-            error += f" (packet {frame} was cut by the snaplen)"
         reader = fl.quic
-        name = None if reader is None else self._version_name(reader.version)
         # The fields read before the first missing CRYPTO byte, as tshark shows them.
         hello = None if reader is None else reader.partial()
-        self._record(fl, hello, error, ts, frame, "quic", fl.after, name)
+        self._reader_error(fl, reader, hello, error, ts, frame, truncated, fl.after)
+
+    def _reader_error(
+        self,
+        fl: _Flow,
+        reader: InitialReader | None,
+        hello: ClientHello | None,
+        error: str,
+        ts: int,
+        frame: int,
+        truncated: bool,
+        after: str | None,
+    ) -> None:
+        """The record of a QUIC hello that failed or was cut, with what was read of it."""
+        if truncated:
+            error += f" (packet {frame} was cut by the snaplen)"
+        name = None if reader is None else self._version_name(reader.version)
+        self._record(fl, hello, error, ts, frame, "quic", after, name)
 
     def _version_name(self, version: int | None) -> str | None:
         """A QUIC version as records name it: ``"v1"``, ``"v2"``, ``"draft-29"``."""
@@ -449,10 +455,7 @@ class DatagramTable:
         if len(reader.hellos) >= self.limits.max_hellos:
             self._finish_dtls(fl)
             return
-        fl.bytes_held += len(payload)
-        self.held += len(payload)
-        if self.held > self.limits.max_held:
-            self._evict_for_memory()
+        self._hold(fl, len(payload))
 
     def _finish_dtls(self, fl: _Flow) -> None:
         """Stop reading a DTLS flow; it stays in the table so its datagrams cost a lookup."""
@@ -494,6 +497,13 @@ class DatagramTable:
                 **fields,
             )
         )
+
+    def _hold(self, fl: _Flow, n: int) -> None:
+        """Count ``n`` bytes fed to ``fl``'s reader for a hello not complete yet."""
+        fl.bytes_held += n
+        self.held += n
+        if self.held > self.limits.max_held:
+            self._evict_for_memory()
 
     def _release(self, fl: _Flow) -> None:
         self.held -= fl.bytes_held
