@@ -254,8 +254,9 @@ def pcap(
     hellos split over segments or records, sent after STARTTLS, HTTP CONNECT or SOCKS,
     or repeated after a HelloRetryRequest are all found, on any port. Over UDP, QUIC
     Initials are decrypted (v1, v2, drafts) and DTLS handshakes reassembled, so
-    HTTP/3 and DTLS hellos are listed too (PROTO column, ``transport`` key); a hello
-    repeated after a QUIC Retry or a DTLS cookie exchange says so (NOTE, ``after``).
+    HTTP/3 and DTLS hellos are listed too (PROTO column, ``transport`` key). A hello
+    sent again after a HelloRetryRequest (TCP, QUIC or DTLS), a QUIC Retry or a DTLS
+    cookie exchange says so (NOTE, ``after``).
 
     \b
     Examples:
