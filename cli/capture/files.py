@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
-from sniinspect.capture.packets import LINKTYPE_ETHERNET
+from sniinspect.capture.packets import LINKTYPE_ETHERNET, SKIP_UDP
 from sniinspect.capture.records import CaptureError, HelloRecord, Problem
 from sniinspect.capture.tcp import FlowTable, Limits
 
@@ -41,13 +41,10 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 _CHUNK = 1 << 20  # bytes per read; large enough that per-chunk work is negligible
 
-# By the first byte of a UDP payload: True if the datagram cannot start a hello, so the
-# readers' fast paths skip it undecoded (QUIC short headers, the bulk of HTTP/3; most
-# DNS). Kept: QUIC long headers (first bit set), DTLS content types 20-26 and
-# 0x30-0x3f (a GTP-U header, whose inner packet `PacketDecoder` decodes).
-_SKIP_UDP: tuple[bool, ...] = tuple(
-    not (b & 0x80 or 20 <= b <= 26 or b >> 4 == 3) for b in range(256)
-)
+# The fast paths' `SKIP_UDP`: they do not look at ports, so a GTP-U header (0x30-0x3f),
+# whose inner packet `PacketDecoder` decodes, is kept too.
+_SKIP_UDP: tuple[bool, ...] = tuple(skip and b >> 4 != 3 for b, skip in enumerate(SKIP_UDP))
+
 
 
 def _open(source: str | os.PathLike[str] | IO[bytes]) -> tuple[IO[bytes], str, bool]:
@@ -285,7 +282,7 @@ class Capture:
                 pos = stop
                 # Fast path, for Ethernet/IPv4 (no options)/TCP without SYN, FIN or RST:
                 # skip a finished direction's packet, or a pure ACK (no payload); for
-                # UDP, skip a datagram that cannot start a hello (see _skip_udp).
+                # UDP, skip a datagram that cannot start a hello (see _SKIP_UDP).
                 if (
                     eth
                     and caplen >= 48

@@ -20,6 +20,7 @@ __all__ = [
     "PacketDecoder",
     "LINKTYPE_NULL",
     "LINKTYPE_ETHERNET",
+    "SKIP_UDP",
     "LINKTYPE_PPP",
     "LINKTYPE_RAW_OPENBSD",
     "LINKTYPE_RAW_BSD",
@@ -47,6 +48,17 @@ LINKTYPE_LINUX_SLL = 113
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276
+
+# By the first byte of a UDP payload: True if the datagram can neither start nor continue
+# a hello, so it is skipped undecoded. Kept: QUIC long headers with the fixed bit (RFC
+# 9000 §17.2) whose type bits are not 0b10, and DTLS content types 20-26 (RFC 6347
+# §4.1). Skipped: QUIC short headers (the bulk of HTTP/3); type 0b10, a Handshake packet
+# in v1 and the drafts and a 0-RTT packet in v2 (never an Initial or a Retry); long
+# headers with the fixed bit clear (Version Negotiation, or RFC 9287's greased bit,
+# which the QUIC reader does not follow); half of DNS; RTP.
+SKIP_UDP: tuple[bool, ...] = tuple(
+    not ((b & 0xC0 == 0xC0 and b & 0x30 != 0x20) or 20 <= b <= 26) for b in range(256)
+)
 
 _ETH_IPV4 = 0x0800
 _ETH_IPV6 = 0x86DD
@@ -185,8 +197,8 @@ class PacketDecoder:
 
         A QUIC Initial is a long-header packet (first bit set); a DTLS record starts
         with its content type (20 to 26, RFC 6347 §4.1; handshake is 22). Anything else
-        (QUIC short-header packets, the bulk of HTTP/3; half of DNS; RTP) stops at this
-        one byte compare, before any copy.
+        (`SKIP_UDP`: QUIC short-header packets, the bulk of HTTP/3; Handshake packets;
+        half of DNS; RTP) stops at this one byte lookup, before any copy.
         """
         if self.datagram is None:
             return None
@@ -201,8 +213,7 @@ class PacketDecoder:
         dport = (data[udp + 2] << 8) | data[udp + 3]
         if (sport == _GTP_U_PORT or dport == _GTP_U_PORT) and not self._tunnelled:
             return self._gtp_u(data, udp + 8, min(end, n), ts_ns, frame)
-        b0 = data[udp + 8]
-        if not (b0 & 0x80 or 20 <= b0 <= 26):
+        if SKIP_UDP[data[udp + 8]]:
             return None
         cut = end > n
         if cut:
