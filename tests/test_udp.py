@@ -187,6 +187,19 @@ def test_quic_server_initial_and_short_headers_are_not_hellos() -> None:
     )
 
 
+def test_skipped_first_bytes_never_start_an_initial_or_a_retry() -> None:
+    # SKIP_UDP drops datagrams by their first byte alone: in no version we read may a
+    # skipped byte be a client Initial or a server Retry, and short headers are skipped.
+    from sniinspect.capture.packets import SKIP_UDP
+
+    for spec in quic.VERSIONS.values():
+        for kind in (quic.PacketType.INITIAL, quic.PacketType.RETRY):
+            first = 0xC0 | spec.type_bits(kind) << 4
+            assert not any(SKIP_UDP[first | low] for low in range(16)), (spec.name, kind)
+    assert all(SKIP_UDP[b] for b in range(0x40, 0x80))  # short headers, fixed bit set
+    assert not SKIP_UDP[22]  # a DTLS handshake record
+
+
 def test_quic_flows_bounded() -> None:
     frames = [frame(initials(HELLO, 2, dcid=bytes([i]) * 8)[0], sport=1000 + i) for i in range(30)]
     recs = run_frames(frames, Limits(max_flows=10))

@@ -46,7 +46,6 @@ _CHUNK = 1 << 20  # bytes per read; large enough that per-chunk work is negligib
 _SKIP_UDP: tuple[bool, ...] = tuple(skip and b >> 4 != 3 for b, skip in enumerate(SKIP_UDP))
 
 
-
 def _open(source: str | os.PathLike[str] | IO[bytes]) -> tuple[IO[bytes], str, bool]:
     """(file object, display name, whether we opened it)."""
     if isinstance(source, (str, os.PathLike)):

@@ -20,7 +20,6 @@ __all__ = [
     "PacketDecoder",
     "LINKTYPE_NULL",
     "LINKTYPE_ETHERNET",
-    "SKIP_UDP",
     "LINKTYPE_PPP",
     "LINKTYPE_RAW_OPENBSD",
     "LINKTYPE_RAW_BSD",
@@ -32,6 +31,7 @@ __all__ = [
     "LINKTYPE_IPV4",
     "LINKTYPE_IPV6",
     "LINKTYPE_LINUX_SLL2",
+    "SKIP_UDP",
 ]
 
 # Link-layer header types (https://www.tcpdump.org/linktypes.html).
