@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import logging
 import socket
 import time
@@ -38,17 +37,11 @@ from clienthello import quic
 from sniinspect.route.backends import Dialer
 from sniinspect.route.config import Action, RouterConfig
 from sniinspect.route.observe import ConnectionLog, ConnectionLogWriter, QuicMetrics
+from sniinspect.route.quicrelay import MAX_DATAGRAM, READ_BATCH, BackendRelay, relay_backend
 from sniinspect.route.quicsession import CLOSED, HELLO, RELAYING, Listener, Session, idle_timeout
 from sniinspect.route.sockets import fmt_addr, plain_ip
 from sniinspect.route.table import Route
-from sniinspect.route.udp import (
-    TransportReader,
-    bind_udp,
-    errno_name,
-    reads_by_transport,
-    send_batch,
-    udp_socket_to,
-)
+from sniinspect.route.udp import bind_udp, errno_name, udp_socket_to
 
 __all__ = ["QuicProxy", "MIN_INITIAL_DATAGRAM"]
 
@@ -59,9 +52,6 @@ log = logging.getLogger("sniinspect.router")
 MIN_INITIAL_DATAGRAM = 1200
 # The connection IDs remembered per session (each the key to find it after a rebind).
 MAX_CIDS_PER_SESSION = 16
-# Datagrams read per readiness event, so one busy socket cannot starve the others.
-_READ_BATCH = 64
-_MAX_DATAGRAM = 65535
 # How long a session that was closed or refused keeps swallowing its retransmissions.
 CLOSED_LINGER = 3.0
 # Sessions are swept for hello and idle deadlines this often (one timer for all).
@@ -109,9 +99,7 @@ class QuicProxy:
         self._listeners: list[Listener] = []
         self._sessions: set[Session] = set()
         self._by_cid: dict[bytes, Session] = {}
-        # Backend sockets read by a datagram transport (uvloop), else by add_reader.
-        self._readers: dict[socket.socket, TransportReader] = {}
-        self._by_transport = reads_by_transport(loop)
+        self._relays: dict[socket.socket, BackendRelay] = {}  # backend socket -> its reader
         self._cid_lengths: dict[int, int] = {}  # length -> sessions using it
         self._pending = 0
         self._pending_by_client: dict[str, int] = {}
@@ -221,10 +209,9 @@ class QuicProxy:
     def _on_client_readable(self, lst: Listener) -> None:
         recvfrom = lst.sock.recvfrom
         sessions = lst.sessions
-        now = self.loop.time()
-        for _ in range(_READ_BATCH):
+        for _ in range(READ_BATCH):
             try:
-                data, addr = recvfrom(_MAX_DATAGRAM)
+                data, addr = recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # an ICMP error for an earlier send: not ours to act on
@@ -237,7 +224,6 @@ class QuicProxy:
             if session is not None and session.state == RELAYING and data and data[0] < 0x80:
                 session.datagrams_in += 1
                 session.record.bytes_from_client += len(data)
-                session.last = now
                 try:
                     session.backend_socks[-1].send(data)
                 except (BlockingIOError, InterruptedError):
@@ -357,7 +343,6 @@ class QuicProxy:
             self._hello_done(session, hello)
 
     def _deliver(self, session: Session, data: bytes) -> None:
-        session.last = self.loop.time()
         rec = session.record
         if session.state == RELAYING:
             session.datagrams_in += 1
@@ -495,19 +480,17 @@ class QuicProxy:
             session.held.clear()
             session.reader = None
             session.state = RELAYING
+            session.last = self.loop.time()
+            session.seen = session.datagrams_in + session.datagrams_out
             return
         rec.outcome, rec.reason = "failed", rec.reason or "backend_unavailable"
         self._close(session)
 
     def _use_backend_socket(self, session: Session, sock: socket.socket) -> None:
         session.backend_socks.append(sock)
-        if self._by_transport:
-            self._readers[sock] = TransportReader(
-                self.loop, sock, functools.partial(self._backend_datagram, session),
-                functools.partial(self._backend_error, session),
-            )  # fmt: skip
-        else:
-            self.loop.add_reader(sock.fileno(), self._on_backend_readable, session, sock)
+        self._relays[sock] = relay_backend(
+            self.loop, sock, session, self._learn, self._drop, self._backend_error
+        )
 
     def _rebind(self, session: Session, lst: Listener, addr: tuple[str, int]) -> None:
         """The connection now comes from ``addr``: follow it, and let the backend see it."""
@@ -534,49 +517,6 @@ class QuicProxy:
                 self._drop_backend_socket(session, session.backend_socks[0])
 
     # ------------------------------------------------------------------ backend side
-
-    def _on_backend_readable(self, session: Session, sock: socket.socket) -> None:
-        rec = session.record
-        batch: list[bytes] = []
-        recv = sock.recv
-        for _ in range(_READ_BATCH):
-            try:
-                data = recv(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if self._backend_error(session, exc):
-                    return
-                break
-            if data and data[0] & 0x80:
-                self._learn(session, data)
-            batch.append(data)
-        if not batch:
-            return
-        session.datagrams_out += len(batch)
-        rec.bytes_to_client += sum(map(len, batch))
-        session.last = self.loop.time()
-        try:
-            send_batch(session.listener.sock, batch, session.client)
-        except (BlockingIOError, InterruptedError):
-            self._drop("client_busy")
-        except OSError as exc:
-            rec.error = rec.error or errno_name(exc)
-
-    def _backend_datagram(self, session: Session, data: bytes) -> None:
-        """One datagram from the backend, read by a `TransportReader`: to the client."""
-        if data and data[0] & 0x80:
-            self._learn(session, data)
-        rec = session.record
-        session.datagrams_out += 1
-        rec.bytes_to_client += len(data)
-        session.last = self.loop.time()
-        try:
-            session.listener.sock.sendto(data, session.client)
-        except (BlockingIOError, InterruptedError):
-            self._drop("client_busy")
-        except OSError as exc:
-            rec.error = rec.error or errno_name(exc)
 
     def _backend_error(self, session: Session, exc: OSError) -> bool:
         """A read error on a backend socket; True if it closed the session's sockets."""
@@ -621,13 +561,11 @@ class QuicProxy:
 
     def _drop_backend_socket(self, session: Session, sock: socket.socket) -> None:
         session.backend_socks.remove(sock)
-        reader = self._readers.pop(sock, None)
-        if reader is not None:
-            reader.close()  # its transport closes the socket
-            return
-        with contextlib.suppress(ValueError, OSError):
-            self.loop.remove_reader(sock.fileno())
-        sock.close()
+        relay = self._relays.pop(sock, None)
+        if relay is not None:
+            relay.close()  # it closes the socket
+        else:
+            sock.close()
 
     # ------------------------------------------------------------------ ending
 
@@ -640,9 +578,14 @@ class QuicProxy:
                     continue
             if session.state == CLOSED and now - session.closed_at >= CLOSED_LINGER:
                 self._end(session)
-            elif session.state == RELAYING and now - session.last >= session.idle:
-                # QUIC closes inside encryption: silence is how a session is seen to end.
-                self._end(session)
+            elif session.state == RELAYING:
+                # Activity is read from the counters here, not from a clock per datagram.
+                seen = session.datagrams_in + session.datagrams_out
+                if seen != session.seen:
+                    session.seen, session.last = seen, now
+                elif now - session.last >= session.idle:
+                    # QUIC closes inside encryption: silence is how a session ends.
+                    self._end(session)
         self._sweeper = self.loop.call_later(_SWEEP_INTERVAL, self._sweep)
 
     def _unpend(self, session: Session) -> None:

@@ -50,6 +50,7 @@ class Session:
         "rebinds",
         "record",
         "retry_cid",
+        "seen",
         "state",
         "version",
     )
@@ -76,7 +77,8 @@ class Session:
         self.cids: set[bytes] = {original_dcid}
         self.retry_cid: bytes | None = None
         self.version = 0
-        self.last = now
+        self.last = now  # when the sweep last saw the counters move
+        self.seen = 0  # datagrams_in + datagrams_out then
         self.deadline = now + hello_timeout
         self.idle = 0.0
         self.closed_at = 0.0

@@ -2,85 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import socket
 import sys
-from collections.abc import Callable
-from typing import Any
 
 from sniinspect.route.table import Backend
 
-__all__ = [
-    "bind_udp", "udp_socket_to", "send_batch", "errno_name", "USE_GSO", "TransportReader",
-    "reads_by_transport",
-]  # fmt: skip
-
-
-def reads_by_transport(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether `TransportReader` beats a Python read loop on this event loop: uvloop's."""
-    # uvloop reads in C: no Python recv per datagram, and no BlockingIOError raised and
-    # caught in Python to end each batch (it costs more than a read). Relaying HTTP/3
-    # downloads, the router's CPU per GB went from 23.8-24.6 to 22.4-23.9 s (medians 24.3
-    # and 22.9; benchmarks/quic.py, four runs each, in turn). The standard loop's
-    # transport reads one datagram per wake-up: add_reader with a batch loop serves it.
-    return type(loop).__module__.startswith("uvloop")
-
-
-class TransportReader(asyncio.DatagramProtocol):
-    """Reads a UDP socket through the loop's datagram transport: one call per datagram.
-
-    The transport owns the socket once made: `close` aborts it, and it closes the socket.
-
-    Args:
-        loop: the running loop.
-        sock: a bound, non-blocking UDP socket.
-        on_datagram: called with each datagram read.
-        on_error: called with each error a read gives (an ICMP error queued on the socket).
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        on_datagram: Callable[[bytes], None],
-        on_error: Callable[[OSError], object],
-    ) -> None:
-        self.sock = sock
-        self.on_datagram = on_datagram
-        self.on_error = on_error
-        self.transport: Any = None
-        self.closed = False
-        made = loop.create_task(loop.create_datagram_endpoint(lambda: self, sock=sock))
-        made.add_done_callback(self._made)
-
-    def _made(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled() or task.exception() is not None:
-            self.closed = True
-            self.sock.close()  # no transport took it
-
-    def connection_made(self, transport: Any) -> None:
-        # uvloop's UDPTransport is no asyncio.DatagramTransport subclass; both abort().
-        if self.closed:
-            transport.abort()
-        else:
-            self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if not self.closed:
-            self.on_datagram(data)
-
-    def error_received(self, exc: Exception) -> None:
-        if not self.closed and isinstance(exc, OSError):
-            self.on_error(exc)
-
-    def close(self) -> None:
-        """Stop reading and close the socket (now, or as soon as the transport is made)."""
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
-            self.transport = None
+__all__ = ["bind_udp", "udp_socket_to", "send_batch", "errno_name", "USE_GSO"]
 
 
 def send_batch(sock: socket.socket, batch: list[bytes], addr: tuple[str, int]) -> None:
