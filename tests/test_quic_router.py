@@ -662,3 +662,61 @@ def test_a_cid_length_stays_known_while_any_session_uses_it(backends: dict[str, 
         assert proxy._cid_lengths == {} and proxy._by_cid == {}
 
     run(backends, test)
+
+
+class _Echo(asyncio.DatagramProtocol):
+    """A UDP "backend" that sends every datagram back, for tests of the relay itself."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.DatagramTransport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(data, addr)
+
+
+@LOOPS
+def test_idle_timeout_ends_a_quiet_session_not_a_talking_one(
+    backends: dict[str, int], loop: str
+) -> None:
+    """Activity is what relayed datagrams count: a session that keeps talking lives on."""
+    from helpers import build_handshake, server_name_body
+
+    async def test(h: Harness) -> None:
+        echo, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            _Echo, local_addr=("127.0.0.1", 0)
+        )
+        port = echo.get_extra_info("sockname")[1]
+        h.proxy.reload(_config(backends, route=[
+            {"names": ["idle.test"], "backends": [f"127.0.0.1:{port}"]},
+        ]))  # fmt: skip
+        hello = build_handshake(extensions=[(0, server_name_body(b"idle.test"))])
+        dcid = os.urandom(8)
+        initial = quic.build_initial(1, dcid, os.urandom(8), [quic.crypto_frame(0, hello)])
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.setblocking(False)
+
+        async def recv() -> bytes:
+            return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(client, 2048), 2)
+
+        try:
+            client.sendto(initial, ("127.0.0.1", h.port))
+            assert await recv() == initial  # relayed to the echo and back
+            # A hello without transport parameters states no idle timeout: 1 s applies.
+            # Talk for 2.5 s, a datagram every 0.2 s: the session must outlive it.
+            for i in range(12):
+                await asyncio.sleep(0.2)
+                short = bytes([0x40]) + dcid + i.to_bytes(2, "big") + bytes(20)
+                client.sendto(short, ("127.0.0.1", h.port))
+                assert await recv() == short
+            quiet = time.monotonic()
+            assert h.lines == [] and h.proxy.active_sessions == 1
+            lines = await h.wait_lines(1, timeout=4)
+            # Ended after 1 s of silence, seen by sweeps (every 0.25 s): at most ~0.5 s late.
+            assert 1.0 <= time.monotonic() - quiet < 2.0
+        finally:
+            client.close()
+            echo.close()
+        assert lines[0]["outcome"] == "routed" and lines[0]["sni"] == "idle.test"
+        assert lines[0]["datagrams_from_client"] == 13 == lines[0]["datagrams_to_client"]
+
+    run(backends, test, loop)

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from sniinspect.route.quicsession import Session
 from sniinspect.route.udp import errno_name, send_batch
@@ -59,17 +59,16 @@ def relay_backend(
     return PollingRelay(loop, sock, session, learn, drop, on_error)
 
 
-class BackendRelay:
+class BackendRelay(Protocol):
     """What the proxy holds of either reader: the socket, and how to stop."""
 
     sock: socket.socket
 
     def close(self) -> None:
         """Stop reading and close the socket."""
-        raise NotImplementedError
 
 
-class TransportRelay(asyncio.DatagramProtocol, BackendRelay):
+class TransportRelay(asyncio.DatagramProtocol):
     """A backend socket read by the loop's datagram transport: one call per datagram.
 
     The transport owns the socket once made: `close` aborts it, and it closes the socket.
@@ -133,7 +132,7 @@ class TransportRelay(asyncio.DatagramProtocol, BackendRelay):
             self.transport = None
 
 
-class PollingRelay(BackendRelay):
+class PollingRelay:
     """A backend socket read with ``add_reader``: up to `READ_BATCH` datagrams per wake-up."""
 
     def __init__(
