@@ -19,10 +19,13 @@ Loads (clients are aioquic too, ``tests/quic_peer.py load``, in their own proces
 seconds from ``--concurrency`` coroutines: handshakes/s and handshake time p50/p99.
 
 The relay's CPU is read from ``/proc/PID/stat`` of the proxy's process tree around each
-load: CPU seconds per GB relayed (mb1 + mb8) and per connection (hs). The endpoints are
-Python, so MB/s and handshakes/s are bounded by them on this 2-core box; the CPU columns
-isolate the relay. Peak RSS is VmHWM of the proxy tree. Loopback only; every process
-started is killed at the end.
+load: CPU seconds per GB relayed (mb1 + mb8), split into user and system time, and per
+connection (hs). The endpoints are Python, so MB/s and handshakes/s are bounded by them on
+this 2-core box; the CPU columns isolate the relay. ``--quic-rounds`` rounds (default 3)
+measure every path in turn; the table gives each figure's median, and below it the CPU
+per GB of each proxy over nginx's in every round (one round's ratio moves by up to 10-15%
+here). Peak RSS is VmHWM of the proxy tree. Loopback only; every process started is
+killed at the end.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,7 +60,8 @@ class Row:
     name: str
     port: int
     pid: int | None = None
-    results: dict[str, float] = field(default_factory=dict)
+    results: dict[str, float] = field(default_factory=dict)  # medians over the rounds
+    rounds: list[dict[str, float]] = field(default_factory=list)
 
 
 def free_udp_port() -> int:
@@ -85,13 +90,19 @@ def _tree(root: int) -> list[int]:
 
 def tree_cpu(root: int) -> float:
     """utime + stime of the process tree, in seconds."""
-    total = 0
+    return sum(tree_cpu_split(root))
+
+
+def tree_cpu_split(root: int) -> tuple[float, float]:
+    """(utime, stime) of the process tree, in seconds."""
+    user = system = 0
     for pid in _tree(root):
         with contextlib.suppress(OSError):
             raw = Path(f"/proc/{pid}/stat").read_text()
             fields = raw[raw.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def tree_rss_mib(root: int) -> float:
@@ -206,26 +217,38 @@ def load(port: int, *args: str) -> dict[str, float]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def measure(row: Row, args: argparse.Namespace) -> None:
+def measure(row: Row, args: argparse.Namespace) -> dict[str, float]:
+    """One round of every load along ``row``'s path: its results."""
     size = args.quic_size * 1_000_000
-    cpu = (lambda: tree_cpu(row.pid)) if row.pid else (lambda: 0.0)
-    relayed = 0.0
-    c0 = cpu()
+    cpu = (lambda: tree_cpu_split(row.pid)) if row.pid else (lambda: (0.0, 0.0))
+    results: dict[str, float] = {}
+    (u0, s0) = cpu()
     one = load(row.port, "download", "--conns", "1", "--size", str(size))
-    row.results["mb1"] = one["mb_s"]
+    results["mb1"] = one["mb_s"]
     eight = load(row.port, "download", "--conns", "8", "--size", str(size // 8))
-    row.results["mb8"] = eight["mb_s"]
+    results["mb8"] = eight["mb_s"]
     relayed = one["bytes"] + eight["bytes"]
-    c1 = cpu()
+    (u1, s1) = cpu()
     hs = load(row.port, "handshakes", "--duration", str(args.quic_duration),
               "--concurrency", str(args.quic_concurrency))  # fmt: skip
-    c2 = cpu()
-    row.results.update(hs_s=hs["per_s"], p50=hs["p50_ms"], p99=hs["p99_ms"])
+    (u2, s2) = cpu()
+    results.update(hs_s=hs["per_s"], p50=hs["p50_ms"], p99=hs["p99_ms"])
     if not (one["verified"] and eight["verified"]):
         raise RuntimeError(f"{row.name}: a download's SHA-256 did not match")
     if row.pid:
-        row.results["cpu_gb"] = (c1 - c0) / (relayed / 1e9)
-        row.results["cpu_conn_ms"] = (c2 - c1) / max(hs["connections"], 1) * 1000
+        gb = relayed / 1e9
+        results["cpu_gb"] = (u1 - u0 + s1 - s0) / gb
+        results["user_gb"], results["sys_gb"] = (u1 - u0) / gb, (s1 - s0) / gb
+        results["cpu_conn_ms"] = (u2 - u1 + s2 - s1) / max(hs["connections"], 1) * 1000
+    return results
+
+
+def combine(row: Row, rounds: list[dict[str, float]]) -> None:
+    """Each result of ``row``: the median over the rounds; its peak RSS after them."""
+    row.rounds = rounds
+    for key in rounds[0]:
+        row.results[key] = statistics.median(r[key] for r in rounds)
+    if row.pid:
         row.results["rss"] = tree_rss_mib(row.pid)
 
 
@@ -242,7 +265,7 @@ def render(rows: list[Row]) -> str:
 
     lines = [
         "| path | MB/s 1 conn | x nginx | MB/s 8 conns | x nginx | handshakes/s |"
-        " handshake p50 / p99 ms | added p50 / p99 ms | CPU s / GB | x nginx |"
+        " handshake p50 / p99 ms | added p50 / p99 ms | CPU s / GB (user / sys) | x nginx |"
         " CPU ms / conn | peak RSS MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -254,11 +277,31 @@ def render(rows: list[Row]) -> str:
         lines.append(
             f"| {r.name} | {f(v['mb1'])} | {x(v['mb1'], ref.get('mb1'))} | {f(v['mb8'])} |"
             f" {x(v['mb8'], ref.get('mb8'))} | {f(v['hs_s'])} |"
-            f" {f(v['p50'], 2)} / {f(v['p99'], 2)} | {added} | {f(v.get('cpu_gb'), 2)} |"
+            f" {f(v['p50'], 2)} / {f(v['p99'], 2)} | {added} | {cpu_gb(v)} |"
             f" {x(v.get('cpu_gb'), ref.get('cpu_gb'))} | {f(v.get('cpu_conn_ms'), 2)} |"
             f" {f(v.get('rss'))} |"
         )
+    count = max(len(r.rounds) for r in rows)
+    lines.append("")
+    lines.append(f"Medians of {count} round(s); in each round every path in turn.")
+    base = next((r for r in rows if r.name == "nginx-udp"), None)
+    if base is not None:
+        for r in rows:
+            if r is base or not r.pid:
+                continue
+            ratios = [
+                f"{mine['cpu_gb'] / theirs['cpu_gb']:.2f}"
+                for mine, theirs in zip(r.rounds, base.rounds, strict=True)
+                if theirs.get("cpu_gb")
+            ]
+            lines.append(f"CPU per GB x nginx per round, {r.name}: {', '.join(ratios)}.")
     return "\n".join(lines)
+
+
+def cpu_gb(v: dict[str, float]) -> str:
+    if "cpu_gb" not in v:
+        return "-"
+    return f"{v['cpu_gb']:.2f} ({v['user_gb']:.2f} / {v['sys_gb']:.2f})"
 
 
 @contextlib.contextmanager
@@ -274,7 +317,7 @@ def _interrupt_on_sigterm() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> str:
-    """Start the backend and every path, measure each in turn, return the table."""
+    """Start the backend and every path, measure them in turn for each round, return the table."""
     procs = Processes()
     with tempfile.TemporaryDirectory(prefix="sniinspect-quic-bench-") as name, \
             _interrupt_on_sigterm():  # fmt: skip
@@ -291,9 +334,13 @@ def run(args: argparse.Namespace) -> str:
                     rows.append(Row(target, *start_ours(procs, tmp, backend, target == "ours")))
                 else:
                     raise SystemExit(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+            rounds: dict[str, list[dict[str, float]]] = {row.name: [] for row in rows}
+            for number in range(1, args.quic_rounds + 1):
+                for row in rows:  # in turn, so that drift on a shared box spreads over all
+                    rounds[row.name].append(measure(row, args))
+                    print(f"  round {number} {row.name}: {rounds[row.name][-1]}", file=sys.stderr)
             for row in rows:
-                measure(row, args)
-                print(f"  {row.name}: {row.results}", file=sys.stderr)
+                combine(row, rounds[row.name])
         finally:
             procs.stop_all()
     return render(rows)
@@ -305,6 +352,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quic-size", type=int, default=40, help="MB per one-connection download")
     p.add_argument("--quic-duration", type=float, default=5.0, help="seconds of handshakes")
     p.add_argument("--quic-concurrency", type=int, default=4, help="concurrent handshakers")
+    p.add_argument("--quic-rounds", type=int, default=3, help="rounds; the table gives medians")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
