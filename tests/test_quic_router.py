@@ -240,6 +240,9 @@ def test_backend_not_listening_ends_the_session(backends: dict[str, int], loop: 
         assert [(x["outcome"], x["reason"], x["error"]) for x in lines] == [
             ("failed", "backend_unavailable", "ECONNREFUSED")
         ]
+        # The resends swallowed are counted as received.
+        assert lines[0]["datagrams_from_client"] >= 2
+        assert lines[0]["bytes_from_client"] >= 1200 * lines[0]["datagrams_from_client"]
         assert h.proxy.active_sessions == 0
 
     run(backends, test, loop, route=[{"names": ["gone.test"], "backends": [f"127.0.0.1:{closed}"]}])

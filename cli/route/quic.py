@@ -354,8 +354,10 @@ class QuicProxy:
             except OSError as exc:
                 rec.error = rec.error or errno_name(exc)
             return
-        if session.state == CLOSED:
-            return  # retransmissions after a refusal: swallowed
+        if session.state == CLOSED:  # retransmissions after a refusal: counted, swallowed
+            session.datagrams_in += 1
+            rec.bytes_from_client += len(data)
+            return
         if sum(map(len, session.held)) + len(data) > 4 * self.config.max_hello_size + 65536:
             self._decide(session, None, "too_large")
             return
