@@ -164,6 +164,12 @@ def is_forcing_version_negotiation(version: int) -> bool:
     return version & 0x0F0F0F0F == 0x0A0A0A0A
 
 
+def version_name(version: int) -> str:
+    """A QUIC version as people name it: ``"v1"``, ``"v2"``, ``"draft-29"``; else its hex number."""
+    spec = VERSIONS.get(version)
+    return f"0x{version:08x}" if spec is None else spec.name.removeprefix("QUIC ")
+
+
 def version_spec(version: int) -> QuicVersion:
     try:
         return VERSIONS[version]

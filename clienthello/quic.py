@@ -78,6 +78,7 @@ from clienthello._quic_packet import (
     pull_header,
     pull_quic_header,
     retry_integrity_tag,
+    version_name,
 )
 from clienthello._record import HANDSHAKE_CLIENT_HELLO, HANDSHAKE_HEADER, Buffer
 
@@ -99,6 +100,7 @@ __all__ = [
     "QUIC_V2",
     "QUIC_DRAFT_29",
     "is_forcing_version_negotiation",
+    "version_name",
     "initial_secrets",
     "derive_key_iv_hp",
     "initial_protection",

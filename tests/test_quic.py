@@ -1044,3 +1044,10 @@ def test_partial_hello_holds_what_came_before_the_first_gap() -> None:
         build_initial(QUIC_V1, DCID, SCID, [crypto_frame(cut, message[cut:])], packet_number=1)
     )
     assert found is not None and reader.partial() == found.hello == full
+
+
+def test_version_names_are_the_ones_records_and_router_logs_use() -> None:
+    assert quic.version_name(quic.QUIC_V1) == "v1"
+    assert quic.version_name(quic.QUIC_V2) == "v2"
+    assert quic.version_name(quic.QUIC_DRAFT_29) == "draft-29"
+    assert quic.version_name(0x1A2A3A4A) == "0x1a2a3a4a"  # forcing negotiation: no name

@@ -366,8 +366,8 @@ class DatagramTable:
         """A QUIC version as records name it: ``"v1"``, ``"v2"``, ``"draft-29"``."""
         if version is None:
             return None
-        spec = self._quic_module().VERSIONS.get(version)
-        return f"0x{version:08x}" if spec is None else spec.name.removeprefix("QUIC ")
+        name: str = self._quic_module().version_name(version)
+        return name
 
     def _server_packet(self, fl: _Flow, client_key: bytes, payload: bytes) -> None:
         """A long-header packet from the server of ``fl``: only a Retry matters."""

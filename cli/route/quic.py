@@ -318,7 +318,7 @@ class QuicProxy:
             worker=self._worker,
         )
         record.transport = "quic"
-        record.quic_version = f"0x{header.version:08x}"
+        record.quic_version = quic.version_name(header.version)  # as the analyzer names it
         session = Session(lst, addr, header.destination_cid, record, reader, now, cfg.hello_timeout)
         session.version = header.version
         if header.source_cid:
