@@ -335,7 +335,7 @@ def run(args: argparse.Namespace) -> str:
                 else:
                     raise SystemExit(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
             rounds: dict[str, list[dict[str, float]]] = {row.name: [] for row in rows}
-            for number in range(1, args.quic_rounds + 1):
+            for number in range(1, (args.quic_rounds or 3) + 1):
                 for row in rows:  # in turn, so that drift on a shared box spreads over all
                     rounds[row.name].append(measure(row, args))
                     print(f"  round {number} {row.name}: {rounds[row.name][-1]}", file=sys.stderr)
@@ -352,7 +352,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quic-size", type=int, default=40, help="MB per one-connection download")
     p.add_argument("--quic-duration", type=float, default=5.0, help="seconds of handshakes")
     p.add_argument("--quic-concurrency", type=int, default=4, help="concurrent handshakers")
-    p.add_argument("--quic-rounds", type=int, default=3, help="rounds; the table gives medians")
+    p.add_argument(
+        "--quic-rounds", type=int, default=None,
+        help="rounds; the table gives medians (default 3; router.py: its --rounds)",
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

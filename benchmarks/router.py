@@ -1140,6 +1140,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.cpu_conns = args.cpu_conns or (1000 if args.quick else 5000)
     args.curl_mb = args.curl_mb or (256 if args.quick else 1024)
     args.rounds = args.rounds or (1 if args.quick else 3)
+    args.quic_rounds = args.quic_rounds or args.rounds
     args.duration = args.duration or (3.0 if args.quick else 8.0)
     args.ttfb_count = args.ttfb_count or (200 if args.quick else 1000)
     args.bulk_mb = args.bulk_mb or (256 if args.quick else 2048)
