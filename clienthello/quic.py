@@ -271,6 +271,10 @@ class _CryptoStream:
         return bytes(self.buf[:end])
 
 
+# The stream of every reader whose hello is read: empty, and never added to again.
+_SPENT = _CryptoStream(0)
+
+
 class InitialReader:
     """Reads the ClientHello from the client-to-server datagrams of one QUIC connection.
 
@@ -369,7 +373,8 @@ class InitialReader:
 
     @property
     def crypto_bytes(self) -> int:
-        """How many bytes of CRYPTO stream the reader holds (up to the furthest offset)."""
+        """How many bytes of CRYPTO stream the reader holds (up to the furthest offset);
+        0 once the hello is read, as the stream is let go then."""
         return len(self._stream.buf)
 
     @property
@@ -666,4 +671,8 @@ class InitialReader:
             datagrams=tuple(self._datagrams),
             after_hello_retry=self._after_hello_retry,
         )
+        # Nothing is read again: a reader kept after its hello (in an analyzer's table
+        # of finished connections) holds the result, not ~2 KB of stream and its lists.
+        self._stream = _SPENT
+        self._datagrams.clear()
         return self._result

@@ -405,6 +405,8 @@ def test_hello_over_three_packets_shuffled_overlapping_duplicated(version: int) 
     assert found.hello.raw == CHROME
     assert (found.packets, found.crypto_frames, found.datagrams) == (3, len(pieces), (0, 1, 2))
     assert reader.feed(b"anything") is found  # done: later datagrams are not read
+    # A reader kept after its hello (an analyzer's table) holds no stream bytes.
+    assert reader.crypto_bytes == 0 and reader.partial() is found.hello
 
 
 def test_later_frame_overlapping_an_earlier_one() -> None:
