@@ -277,9 +277,7 @@ class Analysis:
         pending = sorted(i for i in flagged if parts_of[i][-1] >= nxt)
         again = [split.whole_file_task(p, i, len(tasks) + n) for n, i in enumerate(pending)]
         whole = dict(zip(pending, _in_order(self._run(again, client), again), strict=True))
-        released = {
-            i: self._files.frames.get(i, 0) for i in whole if parts_of[i][0] < nxt
-        }
+        released = {i: self._files.frames.get(i, 0) for i in whole if parts_of[i][0] < nxt}
         for k in range(nxt, len(tasks)):
             firsts = {i: whole[i] for i in whole if min(t for t in parts_of[i] if t >= nxt) == k}
             yield from self._release(
