@@ -37,7 +37,7 @@ from clienthello import quic
 from sniinspect.route.backends import Dialer
 from sniinspect.route.config import Action, RouterConfig
 from sniinspect.route.observe import ConnectionLog, ConnectionLogWriter, QuicMetrics
-from sniinspect.route.quicrelay import MAX_DATAGRAM, READ_BATCH, BackendRelay, relay_backend
+from sniinspect.route.quicrelay import MAX_DATAGRAM, BackendRelay, reads_per_wakeup, relay_backend
 from sniinspect.route.quicsession import CLOSED, HELLO, RELAYING, Listener, Session, idle_timeout
 from sniinspect.route.sockets import fmt_addr, plain_ip
 from sniinspect.route.table import Route
@@ -106,6 +106,7 @@ class QuicProxy:
         self._dialer = dialer or Dialer(loop, log_writer.metrics)
         self._sweeper: asyncio.TimerHandle | None = None
         self._closing = False
+        self._reads = reads_per_wakeup(loop)  # client datagrams per wake-up of a listener
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -209,7 +210,7 @@ class QuicProxy:
     def _on_client_readable(self, lst: Listener) -> None:
         recvfrom = lst.sock.recvfrom
         sessions = lst.sessions
-        for _ in range(READ_BATCH):
+        for _ in range(self._reads):
             try:
                 data, addr = recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):

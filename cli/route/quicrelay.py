@@ -1,14 +1,15 @@
 """The backend side of a relaying QUIC session: each datagram read goes on to the client.
 
 A session talks to its backend through connected UDP sockets (a new one after a client
-rebind, so that the backend validates the new path). Each socket has one reader:
+rebind, so that the backend validates the new path). Each socket has one reader, which
+suits the loop (`reads_per_wakeup`):
 
-- `TransportRelay` with uvloop: the loop's datagram transport reads in C and calls
-  `datagram_received` once per datagram, which counts it and sends it on in that one
-  Python frame;
-- `PollingRelay` with the standard loop, whose transport reads one datagram per
-  wake-up: `add_reader` and a batch of reads, sent as one UDP GSO send where they are of
-  one size.
+- `SingleReadRelay` with uvloop: one ``recv`` per readiness event, sent on at once. The
+  loop's turn is C, so a datagram costs one ``recv`` and one send, and no read ends in
+  EAGAIN: the kernel's readiness says a datagram is there, as in nginx;
+- `PollingRelay` with the standard loop, whose turn is Python and costs more than a
+  failed read: a batch of reads per wake-up, ended by EAGAIN, sent as one UDP GSO send
+  where they are of one size.
 
 Neither reads the clock: the proxy's sweep sees a session's activity in its counters.
 """
@@ -19,16 +20,18 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from sniinspect.route.quicsession import Session
 from sniinspect.route.udp import errno_name, send_batch
 
 __all__ = [
-    "BackendRelay", "TransportRelay", "PollingRelay", "relay_backend", "READ_BATCH", "MAX_DATAGRAM",
+    "BackendRelay", "SingleReadRelay", "PollingRelay", "relay_backend", "reads_per_wakeup",
+    "READ_BATCH", "MAX_DATAGRAM",
 ]  # fmt: skip
 
-# Datagrams read per readiness event, so one busy socket cannot starve the others.
+# Datagrams read per readiness event on the standard loop, so one busy socket cannot
+# starve the others.
 READ_BATCH = 64
 MAX_DATAGRAM = 65535
 
@@ -39,6 +42,17 @@ Drop = Callable[[str], None]
 OnError = Callable[[Session, OSError], bool]
 
 
+def reads_per_wakeup(loop: asyncio.AbstractEventLoop) -> int:
+    """How many datagrams a reader takes from its socket per readiness event.
+
+    One with uvloop: relaying HTTP/3 downloads, the router's CPU per GB went from 21.6
+    to 20.4 s (1.46x nginx's to 1.37x, medians of three rounds in turn) against uvloop's
+    datagram transport, which reads until EAGAIN; `benchmarks/udp_relay.py` gives 17.5
+    against 18.7 us per datagram. `READ_BATCH` with the standard loop.
+    """
+    return 1 if type(loop).__module__.startswith("uvloop") else READ_BATCH
+
+
 def relay_backend(
     loop: asyncio.AbstractEventLoop,
     sock: socket.socket,
@@ -47,15 +61,9 @@ def relay_backend(
     drop: Drop,
     on_error: OnError,
 ) -> BackendRelay:
-    """Start relaying what the backend sends on ``sock`` to the session's client.
-
-    The reader suits the loop: uvloop's transport reads in C, with no Python ``recv``
-    per datagram nor a BlockingIOError raised and caught to end each batch. Relaying
-    HTTP/3 downloads, the router's CPU per GB went from 23.8-24.6 to 22.4-23.9 s
-    (benchmarks/quic.py, four runs each, in turn).
-    """
-    if type(loop).__module__.startswith("uvloop"):
-        return TransportRelay(loop, sock, session, learn, drop, on_error)
+    """Start relaying what the backend sends on ``sock`` to the session's client."""
+    if reads_per_wakeup(loop) == 1:
+        return SingleReadRelay(loop, sock, session, learn, drop, on_error)
     return PollingRelay(loop, sock, session, learn, drop, on_error)
 
 
@@ -66,70 +74,6 @@ class BackendRelay(Protocol):
 
     def close(self) -> None:
         """Stop reading and close the socket."""
-
-
-class TransportRelay(asyncio.DatagramProtocol):
-    """A backend socket read by the loop's datagram transport: one call per datagram.
-
-    The transport owns the socket once made: `close` aborts it, and it closes the socket.
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        session: Session,
-        learn: Learn,
-        drop: Drop,
-        on_error: OnError,
-    ) -> None:
-        self.sock = sock
-        self.session = session
-        self.learn = learn
-        self.drop = drop
-        self.on_error = on_error
-        self.transport: Any = None
-        self.closed = False
-        made = loop.create_task(loop.create_datagram_endpoint(lambda: self, sock=sock))
-        made.add_done_callback(self._made)
-
-    def _made(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled() or task.exception() is not None:
-            self.closed = True
-            self.sock.close()  # no transport took it
-
-    def connection_made(self, transport: Any) -> None:
-        # uvloop's UDPTransport is no asyncio.DatagramTransport subclass; both abort().
-        if self.closed:
-            transport.abort()
-        else:
-            self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self.closed:
-            return
-        session = self.session
-        if data and data[0] & 0x80:
-            self.learn(session, data)
-        session.datagrams_out += 1
-        session.record.bytes_to_client += len(data)
-        try:
-            session.listener.sock.sendto(data, session.client)
-        except (BlockingIOError, InterruptedError):
-            self.drop("client_busy")  # UDP: a full buffer loses the datagram
-        except OSError as exc:
-            session.record.error = session.record.error or errno_name(exc)
-
-    def error_received(self, exc: Exception) -> None:
-        if not self.closed and isinstance(exc, OSError):
-            self.on_error(self.session, exc)
-
-    def close(self) -> None:
-        """Stop reading and close the socket (now, or as soon as the transport is made)."""
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
-            self.transport = None
 
 
 class PollingRelay:
@@ -185,3 +129,27 @@ class PollingRelay:
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
+
+
+class SingleReadRelay(PollingRelay):
+    """A backend socket read with ``add_reader``: one datagram per readiness event."""
+
+    def _readable(self) -> None:
+        session = self.session
+        try:
+            data = self.sock.recv(MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.on_error(session, exc)
+            return
+        if data and data[0] & 0x80:
+            self.learn(session, data)
+        session.datagrams_out += 1
+        session.record.bytes_to_client += len(data)
+        try:
+            session.listener.sock.sendto(data, session.client)
+        except (BlockingIOError, InterruptedError):
+            self.drop("client_busy")  # UDP: a full buffer loses the datagram
+        except OSError as exc:
+            session.record.error = session.record.error or errno_name(exc)
