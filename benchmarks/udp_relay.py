@@ -1,4 +1,4 @@
-"""CPU per datagram of three ways to relay UDP in Python, measured alone, side by side.
+"""CPU per datagram of five ways to relay UDP in Python, measured alone, side by side.
 
     python benchmarks/udp_relay.py                 # 3 rounds, 60,000 datagrams each
 
@@ -10,9 +10,11 @@ system CPU per datagram, from ``getrusage`` between its first and its last datag
 
 ``reader``        ``loop.add_reader`` and a ``recv`` loop until BlockingIOError, then
                   ``sendto`` the client: the router's way on the standard asyncio loop
-``transport``     uvloop's datagram transport (its read loop is C), ``sendto``: the
-                  router's way with uvloop
+``transport``     uvloop's datagram transport (its read loop is C), ``sendto``
 ``connected``     the transport, and ``send`` on a socket connected to the client
+``one``           ``loop.add_reader`` and one ``recv`` per readiness event, ``sendto``:
+                  the router's way with uvloop
+``one-connected`` the same, and ``send`` on a socket connected to the client
 
 Rounds run the styles in turn, so drift on a shared machine spreads over all of them.
 Loopback only; every process started is stopped at the end.
@@ -30,7 +32,7 @@ import subprocess
 import sys
 import time
 
-STYLES = ("reader", "transport", "connected")
+STYLES = ("reader", "transport", "connected", "one", "one-connected")
 
 
 def relay(style: str, port: int, client_port: int) -> None:
@@ -42,7 +44,7 @@ def relay(style: str, port: int, client_port: int) -> None:
     client = ("127.0.0.1", client_port)
     out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     out.setblocking(False)
-    if style == "connected":
+    if style.endswith("connected"):
         out.connect(client)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
@@ -75,6 +77,24 @@ def relay(style: str, port: int, client_port: int) -> None:
                 sendto(data, client)
 
         loop.add_reader(sock.fileno(), readable)
+    elif style.startswith("one"):
+        recv = sock.recv
+        conn = style == "one-connected"
+
+        def read_one() -> None:
+            nonlocal count
+            first()
+            try:
+                data = recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            count += 1
+            if conn:
+                send(data)
+            else:
+                sendto(data, client)
+
+        loop.add_reader(sock.fileno(), read_one)
     else:
 
         class Protocol(asyncio.DatagramProtocol):

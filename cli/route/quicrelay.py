@@ -6,7 +6,7 @@ suits the loop (`reads_per_wakeup`):
 
 - `SingleReadRelay` with uvloop: one ``recv`` per readiness event, sent on at once. The
   loop's turn is C, so a datagram costs one ``recv`` and one send, and no read ends in
-  EAGAIN: the kernel's readiness says a datagram is there, as in nginx;
+  EAGAIN: the readiness event says a datagram is there;
 - `PollingRelay` with the standard loop, whose turn is Python and costs more than a
   failed read: a batch of reads per wake-up, ended by EAGAIN, sent as one UDP GSO send
   where they are of one size.
