@@ -45,10 +45,11 @@ OnError = Callable[[Session, OSError], bool]
 def reads_per_wakeup(loop: asyncio.AbstractEventLoop) -> int:
     """How many datagrams a reader takes from its socket per readiness event.
 
-    One with uvloop: relaying HTTP/3 downloads, the router's CPU per GB went from 21.6
-    to 20.4 s (1.46x nginx's to 1.37x, medians of three rounds in turn) against uvloop's
-    datagram transport, which reads until EAGAIN; `benchmarks/udp_relay.py` gives 17.5
-    against 18.7 us per datagram. `READ_BATCH` with the standard loop.
+    One with uvloop: relaying HTTP/3 downloads, the router's CPU per GB went from 21.73
+    to 19.52 s (1.41x nginx's to 1.28x, medians of four rounds in turn) against uvloop's
+    datagram transport on backend sockets and a batch on listeners, both read until
+    EAGAIN; `benchmarks/udp_relay.py` gives 17.1-17.6 against 18.6-19.3 us per datagram.
+    `READ_BATCH` with the standard loop.
     """
     return 1 if type(loop).__module__.startswith("uvloop") else READ_BATCH
 
@@ -132,7 +133,11 @@ class PollingRelay:
 
 
 class SingleReadRelay(PollingRelay):
-    """A backend socket read with ``add_reader``: one datagram per readiness event."""
+    """A backend socket read with ``add_reader``: one datagram per readiness event.
+
+    Its own `_readable` rather than `PollingRelay`'s with a batch of one: no list, sum
+    or batch send per datagram on the path every relayed datagram takes.
+    """
 
     def _readable(self) -> None:
         session = self.session
