@@ -130,8 +130,8 @@ def run(
     loop: str = "asyncio",
     **cfg: Any,
 ) -> None:
-    """Run ``test`` against a QuicProxy on the standard event loop or on uvloop's (where
-    backend sockets are read by its datagram transport instead of add_reader)."""
+    """Run ``test`` against a QuicProxy on the standard event loop (batches of reads per
+    wake-up) or on uvloop's (one read per wake-up: `reads_per_wakeup`)."""
 
     async def main() -> None:
         h = Harness(_config(backends, **cfg))
