@@ -9,7 +9,6 @@ Exit status: 0 all inputs read, 1 some input unreadable (or capture failed), 2 u
 from __future__ import annotations
 
 import fnmatch
-import gc
 import ipaddress
 import os
 import signal
@@ -206,20 +205,6 @@ _PARALLEL_OPTIONS = (
 )
 
 
-def collect_less() -> None:  # pcap and live
-    """Have the cyclic garbage collector run less often for the rest of the process.
-
-    An analysis allocates a few objects per packet it decodes and keeps thousands of
-    flows alive; at CPython's default threshold (a young-generation pass every 700
-    net allocations) the collector's passes cost 4% of a run on the QUIC capture of
-    ``benchmarks/pcap.py``. Everything made so far (modules, options) is frozen out
-    of its scans, and a young pass comes every 10,000 allocations: garbage in cycles
-    waits a little longer, a few MB at most.
-    """
-    gc.freeze()
-    gc.set_threshold(10_000)
-
-
 @click.command("pcap")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.option(
@@ -312,7 +297,6 @@ def pcap(
             bar.clear()
         _report([p])
 
-    collect_less()
     try:
         analysis = run_pcap(
             list(files),
@@ -432,7 +416,6 @@ def live(
     counts = Summary()
     seen = 0
     deadline = None if timeout is None else time.monotonic() + timeout
-    collect_less()
     try:
         for rec in iter_live(sock, f"live:{interface}", deadline=deadline):
             if not keep(rec):
