@@ -333,13 +333,22 @@ def quic_section(
     )  # fmt: skip
     version = subprocess.run([tshark, "--version"], capture_output=True, text=True, check=False)
     text += (
-        f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+        f"Machine: {os.cpu_count()} CPUs, {_interpreter()}, "
         f"{version.stdout.splitlines()[0].rstrip('.') if version.stdout else 'tshark'}.\n"
         f"Command: `python benchmarks/pcap.py --quic {args.quic} "
         f"--quic-connections {args.quic_connections} --jobs {args.jobs} "
         f"--rounds {args.rounds}`\n"
     )
     return text, ok
+
+
+def _interpreter() -> str:
+    """The Python that ran ours, by version and file: builds of one version differ.
+
+    Debian's ``/usr/bin/python3`` (libpython linked in statically) read this benchmark's
+    QUIC capture in 1.28 s where a pyenv build of 3.11 with a shared libpython took 1.45.
+    """
+    return f"Python {sys.version.split()[0]} ({os.path.realpath(sys.executable)})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -509,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(theirs - ours)} only tshark's); all {len(names):,} generated names found: "
             f"{'yes' if ours == names else 'NO'}.",
             "",
-            f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {tshark_version}.",
+            f"Machine: {os.cpu_count()} CPUs, {_interpreter()}, {tshark_version}.",
             f"Command: `python benchmarks/pcap.py --packets {args.packets} --hellos {args.hellos} "
             f"--rounds {args.rounds}`"
             + ("" if len(ours_cmd) == 1 else " (sniinspect run as `python -c ...command.pcap()`)"),
