@@ -343,11 +343,8 @@ def quic_section(
 
 
 def _interpreter() -> str:
-    """The Python that ran ours, by version and file: builds of one version differ.
-
-    Debian's ``/usr/bin/python3`` (libpython linked in statically) read this benchmark's
-    QUIC capture in 1.28 s where a pyenv build of 3.11 with a shared libpython took 1.45.
-    """
+    """The Python that ran ours, by version and file: two builds of one version (Debian's
+    static ``/usr/bin/python3``, pyenv's with a shared libpython) differ by 10-15% here."""
     return f"Python {sys.version.split()[0]} ({os.path.realpath(sys.executable)})"
 
 

@@ -24,7 +24,6 @@ __all__ = [
     "hkdf_extract",
     "hkdf_expand_label",
     "hkdf_expand_labels",
-    "initial_key_iv_hp",
     "PacketProtection",
     "aead_tag",
     "HASH_LENGTH",
@@ -80,55 +79,6 @@ def hkdf_expand_labels(secret: bytes, labels: Iterable[tuple[bytes, int]]) -> li
     return [_expand(pads, _info(label, b"", length), length) for label, length in labels]
 
 
-def initial_key_iv_hp(
-    salt: bytes, ikm: bytes, side_label: bytes, labels: tuple[bytes, bytes, bytes]
-) -> tuple[bytes, bytes, bytes]:
-    """One side's AEAD key, IV and header protection key from an Initial salt and DCID.
-
-    RFC 9001 §5.2 and §5.1 in one call: ``initial_secret = HKDF-Extract(salt, ikm)``,
-    ``secret = HKDF-Expand-Label(initial_secret, side_label, "", 32)``, then
-    HKDF-Expand-Label of ``secret`` with ``labels`` (key, IV, header protection) for
-    16, 12 and 16 bytes. The same bytes as `hkdf_extract`, `hkdf_expand_label` and
-    `hkdf_expand_labels` in turn, with the five HMACs written out: an analyzer does
-    this for every connection it reads.
-
-    Args:
-        salt: the version's Initial salt.
-        ikm: the Destination Connection ID the keys come from.
-        side_label: ``b"client in"`` or ``b"server in"``.
-        labels: the version's key, IV and header protection labels (``b"quic key"``,
-            ``b"quic iv"``, ``b"quic hp"`` in v1).
-    """
-    inner, outer = _salt_pads(bytes(salt))
-    h = inner.copy()
-    h.update(ikm)
-    o = outer.copy()
-    o.update(h.digest())
-    # A 32-byte secret is its own HMAC key, zero-padded to the block (RFC 2104).
-    padded = o.digest() + _HALF_BLOCK
-    secret = _sha256(
-        padded.translate(_OPAD)
-        + _sha256(padded.translate(_IPAD) + _block_info(side_label, HASH_LENGTH)).digest()
-    ).digest()
-    padded = secret + _HALF_BLOCK
-    ipad, opad = padded.translate(_IPAD), padded.translate(_OPAD)
-    key_label, iv_label, hp_label = labels
-    key = _sha256(opad + _sha256(ipad + _block_info(key_label, KEY_LENGTH)).digest()).digest()
-    iv = _sha256(opad + _sha256(ipad + _block_info(iv_label, IV_LENGTH)).digest()).digest()
-    hp = _sha256(opad + _sha256(ipad + _block_info(hp_label, KEY_LENGTH)).digest()).digest()
-    return key[:KEY_LENGTH], iv[:IV_LENGTH], hp[:KEY_LENGTH]
-
-
-def _block_info(label: bytes, length: int) -> bytes:
-    """HKDF-Expand's input for its one block of ``length`` (at most 32) bytes, empty context."""
-    info = _BLOCK_INFO.get((label, length))
-    if info is None:
-        info = _info(label, b"", length) + b"\x01"
-        if len(_BLOCK_INFO) < 64:
-            _BLOCK_INFO[(label, length)] = info
-    return info
-
-
 def _info(label: bytes, context: bytes, length: int) -> bytes:
     """The HkdfLabel structure (RFC 8446 §7.1) of a label, context and length."""
     info = _INFO.get((label, context, length))
@@ -179,18 +129,14 @@ def _mac(pads: tuple[Any, Any], message: bytes) -> bytes:
 
 
 _SHA256_BLOCK = 64
-_HALF_BLOCK = bytes(_SHA256_BLOCK - HASH_LENGTH)
-_sha256 = hashlib.sha256
 _IPAD = bytes(b ^ 0x36 for b in range(256))  # bytes.translate tables: XOR every byte
 _OPAD = bytes(b ^ 0x5C for b in range(256))
 # A version's Initial salt keys every Extract of it: its pads are kept (a few salts).
 _salt_pads = functools.lru_cache(maxsize=16)(_pads)
 
 
-# The HkdfLabel structures of the (label, context, length) triples seen so far, and
-# of (label, length) pairs with the counter byte of a one-block Expand.
+# The HkdfLabel structures of the (label, context, length) triples seen so far.
 _INFO: dict[tuple[bytes, bytes, int], bytes] = {}
-_BLOCK_INFO: dict[tuple[bytes, int], bytes] = {}
 
 
 class PacketProtection:

@@ -26,7 +26,6 @@ from clienthello._quic_crypto import (
     hkdf_expand_label,
     hkdf_expand_labels,
     hkdf_extract,
-    initial_key_iv_hp,
 )
 from clienthello._record import Buffer
 
@@ -238,15 +237,10 @@ def initial_protection(
     Raises:
         ValueError: the version is not in `VERSIONS`.
     """
-    spec = version_spec(version)
-    return PacketProtection(
-        *initial_key_iv_hp(
-            spec.initial_salt,
-            destination_cid,
-            b"client in" if is_client else b"server in",
-            (spec.key_label, spec.iv_label, spec.hp_label),
-        )
-    )
+    initial_secret = hkdf_extract(version_spec(version).initial_salt, destination_cid)
+    label = b"client in" if is_client else b"server in"
+    secret = hkdf_expand_label(initial_secret, label, b"", HASH_LENGTH)
+    return PacketProtection(*derive_key_iv_hp(version, secret))
 
 
 def retry_integrity_tag(version: int, original_destination_cid: bytes, retry: bytes) -> bytes:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import clienthello
 from clienthello import ClientHelloError, HelloTooLarge, MalformedHello, NotTLS, _quic_crypto, quic
-from clienthello._quic_packet import read_varint, version_spec
+from clienthello._quic_packet import read_varint
 from clienthello.quic import (
     PING_FRAME,
     QUIC_DRAFT_29,
@@ -255,24 +255,6 @@ def test_hkdf_agrees_with_the_standard_library_hmac(
             _reference_expand_label(ikm, label, b"", length),
             _reference_expand_label(ikm, b"quic iv", b"", 12),
         ]
-
-
-@given(
-    salt=st.binary(max_size=100),
-    dcid=st.binary(max_size=20),
-    side=st.sampled_from([b"client in", b"server in"]),
-    version=st.sampled_from(VERSIONS),
-)
-def test_initial_keys_in_one_call_match_the_steps(
-    salt: bytes, dcid: bytes, side: bytes, version: int
-) -> None:
-    # initial_key_iv_hp writes out the five HMACs of Extract, Expand-Label and the three
-    # per-key Expand-Labels; it must give the bytes of the general functions in turn.
-    spec = version_spec(version)
-    labels = (spec.key_label, spec.iv_label, spec.hp_label)
-    secret = _quic_crypto.hkdf_expand_label(_quic_crypto.hkdf_extract(salt, dcid), side, b"", 32)
-    expected = quic.derive_key_iv_hp(version, secret)
-    assert _quic_crypto.initial_key_iv_hp(salt, dcid, side, labels) == expected
 
 
 @pytest.mark.parametrize("version", [QUIC_V1, QUIC_V2])
