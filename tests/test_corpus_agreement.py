@@ -92,9 +92,7 @@ def test_udp_lines_found() -> None:
     assert protos == {"quic", "dtls"} and len(UDP_LINES) > 150
 
 
-@pytest.mark.parametrize(
-    ("name", "x"), UDP_LINES, ids=[f"{n}-{x['frame']}" for n, x in UDP_LINES]
-)
+@pytest.mark.parametrize(("name", "x"), UDP_LINES, ids=[f"{n}-{x['frame']}" for n, x in UDP_LINES])
 def test_udp_hello_equals_tshark(name: str, x: dict[str, Any]) -> None:
     flow = [
         r for r in _engine(name) if (r.src, r.sport, r.dst, r.dport) == (
@@ -197,14 +195,26 @@ def _ja4_expectations() -> list[tuple[CorpusHello, str, str, str, str | None]]:
     for path in sorted(ORIGIN_EXPECTED.glob("*.ja4-python.json")):
         capture = path.name.removesuffix(".ja4-python.json")
         for entry in json.loads(path.read_text()):
-            key = (capture, entry["src"], int(entry["srcport"]), entry["dst"],
-                   int(entry["dstport"]))
+            key = (
+                capture,
+                entry["src"],
+                int(entry["srcport"]),
+                entry["dst"],
+                int(entry["dstport"]),
+            )
             n = 1
             while f"JA4.{n}" in entry:
                 hellos = by_key.get(key, [])
                 if len(hellos) >= n:  # else not a TCP stream
-                    out.append((hellos[n - 1], path.name, entry[f"JA4.{n}"],
-                                entry[f"JA4_r.{n}"], entry.get("domain")))
+                    out.append(
+                        (
+                            hellos[n - 1],
+                            path.name,
+                            entry[f"JA4.{n}"],
+                            entry[f"JA4_r.{n}"],
+                            entry.get("domain"),
+                        )
+                    )
                 n += 1
     return out
 
@@ -218,7 +228,8 @@ def test_ja4_cases_found() -> None:
 
 
 @pytest.mark.parametrize(
-    ("h", "oracle", "ja4", "ja4_r", "domain"), JA4_CASES,
+    ("h", "oracle", "ja4", "ja4_r", "domain"),
+    JA4_CASES,
     ids=[f"{c[0].id}-{c[1]}" for c in JA4_CASES],
 )
 def test_ja4_equals_ja4_python(
@@ -247,8 +258,9 @@ def test_ja4_equals_ja4_python(
 
 def _suricata_values(path: Any) -> dict[str, str]:
     """``tls.<key>: value`` lines of a suricata-verify test.yaml (no YAML parser needed)."""
-    found = re.findall(r"^\s*(tls\.(?:sni|ja3\.hash|ja4)):\s*\"?([^\"\n]+)\"?\s*$",
-                       path.read_text(), flags=re.M)
+    found = re.findall(
+        r"^\s*(tls\.(?:sni|ja3\.hash|ja4)):\s*\"?([^\"\n]+)\"?\s*$", path.read_text(), flags=re.M
+    )
     return dict(found)
 
 
@@ -340,6 +352,7 @@ def test_suricata_quic_events(path: Path, match: dict[str, str]) -> None:
             clients = {r.src for r in _engine(capture.name)}
             assert _frame_source(capture, int(match["pcap_cnt"])) not in clients
             return
+
     def fits(r: HelloRecord) -> bool:
         for key, value in match.items():
             m = re.fullmatch(r"quic\.extensions\[(\d+)\]\.(name|values\[0\])", key)

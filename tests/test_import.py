@@ -42,7 +42,11 @@ print(json.dumps({
 def _probe() -> dict[str, list[str]]:
     out = subprocess.run(
         [sys.executable, "-c", PROBE, load("chromium").hex()],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     return json.loads(out.stdout)
 

@@ -189,7 +189,10 @@ SNI_END = W.ext(0).data_offset + len(W.ext(0).data)  # in HS; python.bin's SNI i
 
 
 def _check_error(
-    data: bytes, error: type[ClientHelloError], field: str | None, offset: int,
+    data: bytes,
+    error: type[ClientHelloError],
+    field: str | None,
+    offset: int,
     after_sni: bool = False,
 ) -> None:
     """parse raises exactly this; so does sni, unless the fault lies after server_name.

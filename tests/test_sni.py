@@ -122,8 +122,10 @@ def test_scapy_crafted_names_agree() -> None:
         data = bytes(TLS(type=22, version=0x0301, msg=[hello]))
         parsed = clienthello.parse(data)
         assert parsed.server_name_raw == tuple(names)
-        assert clienthello.sni(data) == parsed.server_name == names[0].decode(
-            "utf-8", "backslashreplace"
+        assert (
+            clienthello.sni(data)
+            == parsed.server_name
+            == names[0].decode("utf-8", "backslashreplace")
         )
 
 

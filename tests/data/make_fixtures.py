@@ -72,7 +72,10 @@ def run_client(argv: list[str], **kwargs: object) -> bytes:
     catcher = HelloCatcher()
     argv = [a.replace("PORT", str(catcher.port)) for a in argv]
     proc = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         **kwargs,  # type: ignore[call-overload]
     )
     try:
@@ -137,9 +140,15 @@ def make_chromium() -> bytes:
     with tempfile.TemporaryDirectory() as profile:
         return run_client(
             [
-                binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", f"--user-data-dir={profile}",
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
                 "--host-resolver-rules=MAP chromium.test 127.0.0.1:PORT",
                 "https://chromium.test/",
             ]
