@@ -145,6 +145,7 @@ def describe(hello: clienthello.ClientHello, transport: str | None = None) -> di
                 "payload_length": hello.ech.payload_length,
             }
         ),
+        "quic_transport_parameters": _transport_parameters(hello),
         "grease": hello.grease,
         "ja3": clienthello.ja3(hello),
         "ja3_string": clienthello.ja3_string(hello),
@@ -154,13 +155,67 @@ def describe(hello: clienthello.ClientHello, transport: str | None = None) -> di
     }
 
 
+def _transport_parameters(hello: clienthello.ClientHello) -> list[dict[str, Any]] | None:
+    """The QUIC transport parameters, each with its RFC name and decoded value.
+
+    A parameter whose value does not have its type's shape keeps its bytes (hex) and
+    says why under ``error``; a list that cannot be split is one entry with an error.
+    """
+    try:
+        params = hello.quic_transport_parameters
+    except clienthello.MalformedHello as exc:
+        return [{"id": None, "name": "(unreadable)", "value": None, "error": str(exc)}]
+    if params is None:
+        return None
+    out = []
+    for param in params:
+        entry: dict[str, Any] = {"id": param.id, "name": param.name}
+        try:
+            entry["value"] = _json_value(param.decoded)
+        except clienthello.MalformedHello as exc:
+            entry["value"], entry["error"] = param.value.hex(), exc.reason
+        out.append(entry)
+    return out
+
+
+def _json_value(value: Any) -> Any:
+    """A decoded transport parameter as JSON: bytes as hex, a preferred_address as a dict."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, clienthello.PreferredAddress):
+        return {name: _json_value(v) for name, v in value._asdict().items()}
+    if isinstance(value, tuple):  # version_information: the chosen version, then the others
+        return list(value)
+    return value
+
+
+def _parameter_text(item: dict[str, Any]) -> str:
+    """One transport parameter as a text line (versions in hex, as QUIC writes them)."""
+    if item["id"] is None:
+        return f"    {item['error']}"
+    value = item["value"]
+    if item.get("error"):
+        shown = f"{value or '(empty)'}  (malformed: {item['error']})"
+    elif isinstance(value, list):
+        shown = ", ".join(f"0x{v:08x}" for v in value)
+    elif isinstance(value, dict):
+        shown = " ".join(f"{k}={v}" for k, v in value.items())
+    elif value is True:
+        shown = "(present)"
+    else:
+        shown = str(value) if value != "" else "(empty)"
+    return f"    0x{item['id']:04x}  {item['name']}  {shown}"
+
+
 def _format_text(info: dict[str, Any]) -> str:
     lines = []
     for key, value in info.items():
         if isinstance(value, list) and value and isinstance(value[0], dict):
             lines.append(f"{key} ({len(value)}):")
             for item in value:
-                if "value" in item:
+                if "id" in item:
+                    lines.append(_parameter_text(item))
+                elif "value" in item:
                     lines.append(f"    0x{item['value']:04x}  {item['name']}")
                 else:
                     lines.append(
@@ -177,7 +232,7 @@ def _format_text(info: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("source", default="-", metavar="[FILE|-]")
+@click.argument("sources", nargs=-1, metavar="[FILE...]")
 @click.option(
     "--format",
     "fmt",
@@ -186,48 +241,55 @@ def _format_text(info: dict[str, Any]) -> str:
     show_default=True,
     help="text for people, json for scripts.",
 )
-def hello(source: str, fmt: str) -> None:
+def hello(sources: tuple[str, ...], fmt: str) -> None:
     """Decode one ClientHello from FILE (or standard input) and print every field.
 
     The input is raw bytes or hex text: TLS records (starting 16 03 ..), a bare
     handshake message (starting 01 ..), a QUIC client Initial datagram (a long
     header of a known version; decrypted with its Initial keys) or a DTLS
-    datagram (starting 16 fe ..). Fields are shown with their IANA names,
-    followed by the JA3 and JA4 fingerprints.
+    datagram (starting 16 fe ..). Fields are shown with their IANA names, the
+    QUIC transport parameters decoded, followed by the JA3 and JA4 fingerprints.
+
+    A hello that spans several packets is given as several FILEs: a QUIC hello
+    over two or three Initials (Chrome's post-quantum hellos) or DTLS fragments
+    over datagrams, in any order; TLS over TCP segments, in the order sent.
 
     \b
     Examples:
       sniinspect hello tests/data/curl.bin
       xxd -p hello.bin | sniinspect hello --format json -
       sniinspect hello initial.hex               a QUIC Initial, as copied from Wireshark
+      sniinspect hello first.hex second.hex      a QUIC hello over two Initials
 
     Exit status: 0 when the hello was decoded, 2 when the input is not a
     complete, well-formed ClientHello (the reason, field and offset are printed).
     """
-    data = _read_input(source)
+    sources = sources or ("-",)
+    if sources.count("-") > 1:
+        raise _InputError("standard input (-) can be read once only")
+    label = ", ".join(sources)
+    pieces = [_read_input(source) for source in sources]
+    data = pieces[0]
     transport: str | None = None
     facts: dict[str, Any] = {}
     try:
         if _is_quic_long_header(data):
             transport = "quic"
-            parsed, facts = _quic_hello(data)
+            parsed, facts = _quic_hello(pieces)
         elif data[:1] == b"\x16" and data[1:2] in (b"\xfe", b"\x01"):
             transport = "dtls"
-            parsed = _dtls_hello(data)
+            parsed = _dtls_hello(pieces)
         elif data[:1] == b"\x01":
-            parsed = clienthello.parse_handshake(data)
+            parsed = clienthello.parse_handshake(b"".join(pieces))
         else:
-            parsed = clienthello.parse(data)
+            parsed = clienthello.parse(b"".join(pieces))
     except clienthello.NeedMoreData as exc:
-        click.echo(
-            f"error: {source}: incomplete ClientHello ({len(data)} bytes; "
-            f"{exc.needed} more needed at least)",
-            err=True,
-        )
-        sys.exit(2)
+        raise _InputError(
+            f"{label}: incomplete ClientHello ({sum(map(len, pieces))} bytes; "
+            f"{exc.needed} more needed at least)"
+        ) from None
     except clienthello.ClientHelloError as exc:
-        click.echo(f"error: {source}: {exc}", err=True)
-        sys.exit(2)
+        raise _InputError(f"{label}: {exc}") from None
     info = {**describe(parsed, transport), **facts}
     if fmt == "json":
         click.echo(json.dumps(info, indent=2))
@@ -244,16 +306,20 @@ def _is_quic_long_header(data: bytes) -> bool:
     return int.from_bytes(data[1:5], "big") in quic.VERSIONS
 
 
-def _quic_hello(data: bytes) -> tuple[clienthello.ClientHello, dict[str, Any]]:
-    """Decrypt one client Initial datagram; the hello and the connection's facts."""
+def _quic_hello(datagrams: list[bytes]) -> tuple[clienthello.ClientHello, dict[str, Any]]:
+    """Decrypt a connection's client Initial datagrams; the hello and the connection's facts."""
     from clienthello import quic
 
     reader = quic.InitialReader()
-    found = reader.feed(data)
+    found = None
+    for datagram in datagrams:
+        found = reader.feed(datagram)
     if found is None:
         raise _InputError(
-            "the ClientHello continues in further Initial packets (this datagram holds "
-            "only its first part); give the datagram that completes it to `sniinspect pcap`"
+            f"the ClientHello continues in further Initial packets ({_given(datagrams)} "
+            f"bytes of its CRYPTO stream up to offset {reader.crypto_bytes}, not all of "
+            "it): give the connection's other client Initials too (sniinspect hello FIRST "
+            "SECOND ...), or the capture to `sniinspect pcap`"
         )
     spec = quic.VERSIONS[found.version]
     return found.hello, {
@@ -261,20 +327,33 @@ def _quic_hello(data: bytes) -> tuple[clienthello.ClientHello, dict[str, Any]]:
         "quic_original_dcid": found.original_destination_connection_id.hex(),
         "quic_scid": found.source_connection_id.hex(),
         "quic_token_length": len(found.token),
+        "quic_packets": found.packets,
         "quic_crypto_frames": found.crypto_frames,
     }
 
 
-def _dtls_hello(data: bytes) -> clienthello.ClientHello:
-    """The ClientHello of one DTLS datagram (all of its fragments in it)."""
+def _dtls_hello(datagrams: list[bytes]) -> clienthello.ClientHello:
+    """The ClientHello of a flow's first DTLS datagrams (its fragments in any order)."""
     reader = clienthello.DtlsReader()
-    found = reader.feed(data)
+    found = None
+    for datagram in datagrams:
+        found = reader.feed(datagram)
+        if found is not None:
+            break
     if found is None:
         raise _InputError(
-            "the DTLS ClientHello is fragmented over further datagrams; give the whole "
-            "capture to `sniinspect pcap`"
+            f"the DTLS ClientHello is fragmented over further datagrams ({_given(datagrams)} "
+            "only some of its fragments): give them all, in any order, or the capture to "
+            "`sniinspect pcap`"
         )
     return found.hello
+
+
+def _given(datagrams: list[bytes]) -> str:
+    """``"the datagram given holds"``, ``"the 2 datagrams given hold"``."""
+    if len(datagrams) == 1:
+        return "the datagram given holds"
+    return f"the {len(datagrams)} datagrams given hold"
 
 
 def main() -> None:

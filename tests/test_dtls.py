@@ -146,6 +146,29 @@ def test_fragmented_over_datagrams_field_by_field() -> None:
     assert clienthello.parse_dtls_handshake(second.hello.raw) == second.hello
 
 
+def test_hello_command_takes_the_fragments_as_datagrams(tmp_path: Path) -> None:
+    """`sniinspect hello` given the datagrams of a fragmented hello, in any order."""
+    from click.testing import CliRunner
+
+    from sniinspect.main import cli
+
+    grams = datagrams("openssl-dtls12-mtu300")[:2]  # the first hello, in two datagrams
+    paths = []
+    for i, gram in enumerate(grams):
+        paths.append(tmp_path / f"dgram{i}.bin")
+        paths[-1].write_bytes(gram)
+    expected = read_all(grams)[0].hello
+    runner = CliRunner()
+    for names in ([paths[0], paths[1]], [paths[1], paths[0]]):
+        result = runner.invoke(cli, ["hello", "--format", "json", *map(str, names)])
+        assert result.exit_code == 0, result.output
+        info = json.loads(result.output)
+        assert [c["value"] for c in info["cipher_suites"]] == list(expected.cipher_suites)
+        assert info["ja4"] == clienthello.ja4(expected, transport="dtls")
+    alone = runner.invoke(cli, ["hello", str(paths[0])])
+    assert alone.exit_code == 2 and "fragmented over further datagrams" in alone.output
+
+
 def test_retransmissions_are_not_returned_twice() -> None:
     grams = datagrams("openssl-dtls12")
     reader = DtlsReader()

@@ -55,6 +55,17 @@ def test_hex_text_on_stdin_and_bare_handshake() -> None:
     assert code == 0 and json.loads(out)["server_name"] == "openssl.test"
 
 
+def test_tls_segments_as_several_files(tmp_path: Path) -> None:
+    data = load("curl")
+    first, second = tmp_path / "a.bin", tmp_path / "b.hex"
+    first.write_bytes(data[:100])
+    second.write_text(data[100:].hex())
+    code, out, _ = run("--format", "json", str(first), str(second))
+    assert code == 0 and json.loads(out)["server_name"] == "curl.test"
+    code, _, err = run(str(first))
+    assert code == 2 and "incomplete ClientHello (100 bytes" in err
+
+
 @pytest.mark.parametrize(
     ("data", "words"),
     [

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import clienthello
 from sniinspect.capture import FlowTable, HelloRecord, Limits
 from sniinspect.capture.command import pcap
 from sniinspect.main import cli
@@ -339,6 +340,65 @@ def test_hello_command_decrypts_a_quic_initial() -> None:
     assert info["quic_version"].startswith("0x00000001")
     part = CliRunner().invoke(cli, ["hello", "-"], input=initials(HELLO, 2)[0])
     assert part.exit_code == 2 and "further Initial" in part.output
+
+
+def test_hello_command_takes_a_hello_over_several_initials(tmp_path: Path) -> None:
+    """Chrome's hello over three Initials: every datagram named, in any order."""
+    paths = []
+    for i, datagram in enumerate(initials(HELLO, 3)):
+        paths.append(tmp_path / f"initial{i}.hex")
+        paths[-1].write_text(datagram.hex())
+    runner = CliRunner()
+    for order in ([0, 1, 2], [2, 0, 1]):
+        args = ["hello", "--format", "json", *(str(paths[i]) for i in order)]
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        info = json.loads(result.output)
+        assert info["server_name"] == "www.blogger.com"
+        assert info["ja4"] == "q13d0310h3_55b375c5d22e_cd85d2d88918"
+        assert (info["quic_packets"], info["quic_crypto_frames"]) == (3, 3)
+    short = runner.invoke(cli, ["hello", str(paths[0]), str(paths[1])])
+    assert short.exit_code == 2 and "the 2 datagrams given hold" in short.output
+    assert "Traceback" not in short.output
+    twice = runner.invoke(cli, ["hello", "-", "-"], input=b"")
+    assert twice.exit_code == 2 and "read once" in twice.output
+
+
+def test_hello_command_decodes_the_transport_parameters() -> None:
+    hello = clienthello.parse_handshake(HELLO)
+    datagram = initials(HELLO, 1)[0]
+    result = CliRunner().invoke(cli, ["hello", "--format", "json", "-"], input=datagram.hex())
+    params = json.loads(result.output)["quic_transport_parameters"]
+    assert [(p["id"], p["name"]) for p in params] == [
+        (p.id, p.name) for p in hello.quic_transport_parameters or ()
+    ]
+    by_name = {p["name"]: p["value"] for p in params}
+    assert by_name["max_idle_timeout"] == 30000 and by_name["max_udp_payload_size"] == 1472
+    assert by_name["initial_source_connection_id"] == ""  # Chrome sends an empty SCID
+    assert by_name["GREASE"] == "77c596ac"  # kept, its bytes as sent
+    text = CliRunner().invoke(cli, ["hello", "-"], input=datagram.hex()).output
+    assert "    0x0001  max_idle_timeout  30000" in text
+    assert "initial_source_connection_id  (empty)" in text
+
+
+def test_hello_command_shows_a_malformed_transport_parameter() -> None:
+    """A parameter whose value has not its type's shape: the hello is still shown."""
+    at = HELLO.index(bytes.fromhex("030245c0"))  # max_udp_payload_size = 1472
+    bad = HELLO[: at + 2] + b"\x05" + HELLO[at + 3 :]  # a 1-byte varint, then a spare byte
+    datagram = initials(bad, 1)[0]
+    result = CliRunner().invoke(cli, ["hello", "--format", "json", "-"], input=datagram.hex())
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    (entry,) = [p for p in info["quic_transport_parameters"] if p["id"] == 0x03]
+    assert entry == {
+        "id": 3,
+        "name": "max_udp_payload_size",
+        "value": "05c0",
+        "error": "1 trailing bytes",
+    }
+    assert info["server_name"] == "www.blogger.com"
+    text = CliRunner().invoke(cli, ["hello", "-"], input=datagram.hex()).output
+    assert "max_udp_payload_size  05c0  (malformed: 1 trailing bytes)" in text
 
 
 def test_version_prefilter_covers_the_library_table() -> None:
