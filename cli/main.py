@@ -6,7 +6,8 @@ import importlib
 import json
 import string
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -58,6 +59,7 @@ def cli() -> None:
 
 # --- hello --------------------------------------------------------------------------
 
+_Found = TypeVar("_Found")  # what a datagram reader returns once it has the hello
 _HEX_CHARS = frozenset(string.hexdigits + string.whitespace + ":")
 
 
@@ -311,9 +313,7 @@ def _quic_hello(datagrams: list[bytes]) -> tuple[clienthello.ClientHello, dict[s
     from clienthello import quic
 
     reader = quic.InitialReader()
-    found = None
-    for datagram in datagrams:
-        found = reader.feed(datagram)
+    found = _feed_until_hello(reader.feed, datagrams)
     if found is None:
         raise _InputError(
             f"the ClientHello continues in further Initial packets ({_given(datagrams)} "
@@ -334,12 +334,7 @@ def _quic_hello(datagrams: list[bytes]) -> tuple[clienthello.ClientHello, dict[s
 
 def _dtls_hello(datagrams: list[bytes]) -> clienthello.ClientHello:
     """The ClientHello of a flow's first DTLS datagrams (its fragments in any order)."""
-    reader = clienthello.DtlsReader()
-    found = None
-    for datagram in datagrams:
-        found = reader.feed(datagram)
-        if found is not None:
-            break
+    found = _feed_until_hello(clienthello.DtlsReader().feed, datagrams)
     if found is None:
         raise _InputError(
             f"the DTLS ClientHello is fragmented over further datagrams ({_given(datagrams)} "
@@ -347,6 +342,17 @@ def _dtls_hello(datagrams: list[bytes]) -> clienthello.ClientHello:
             "`sniinspect pcap`"
         )
     return found.hello
+
+
+def _feed_until_hello(
+    feed: Callable[[bytes], _Found | None], datagrams: list[bytes]
+) -> _Found | None:
+    """Feed a reader the datagrams in turn; the first hello it returns, else None."""
+    for datagram in datagrams:
+        found = feed(datagram)
+        if found is not None:
+            return found
+    return None
 
 
 def _given(datagrams: list[bytes]) -> str:
